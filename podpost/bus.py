@@ -1,0 +1,263 @@
+"""The connection to NATS JetStream, and the idempotent "ensure the bus" every role runs.
+
+Every role calls `connect` and then `ensure`: whoever starts first creates the streams,
+buckets and object store; the rest find them. A changed setting (retention, replicas) is
+applied with an update, never by deleting data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from podpost import settings as settings_mod
+from schemas import names
+
+log = structlog.get_logger("podpost.bus")
+
+DAY = 86400.0
+MAX_PAYLOAD_HINT = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Conn:
+    """A live connection and the handles every role uses."""
+
+    nc: Client
+    js: JetStreamContext
+    names: names.Bus
+
+
+def stream_configs(
+    bus: names.Bus, retention: names.Retention, replicas: int
+) -> list[StreamConfig]:
+    """The three streams of DESIGN.md plus the catcher's, as data."""
+    return [
+        StreamConfig(
+            name=bus.mail_stream,
+            description="podpost: mail waiting for delivery, one subject per upstream+policy",
+            subjects=[bus.mail_filter()],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=retention.duplicate_window_s,
+            discard=DiscardPolicy.NEW,
+        ),
+        StreamConfig(
+            name=bus.dead_stream,
+            description="podpost: dead letters, for dlq list/show/replay/purge",
+            subjects=[bus.dead_filter()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=retention.dead_days * DAY,
+            duplicate_window=retention.duplicate_window_s,
+            discard=DiscardPolicy.OLD,
+        ),
+        StreamConfig(
+            name=bus.events_stream,
+            description="podpost: what happened to every mail, for trace and metrics",
+            subjects=[bus.events_filter()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=retention.events_days * DAY,
+            discard=DiscardPolicy.OLD,
+        ),
+        StreamConfig(
+            name=bus.caught_stream,
+            description="podpost: mail kept by the catcher sink",
+            subjects=[bus.caught_filter()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=retention.caught_days * DAY,
+            max_msgs=retention.caught_max_msgs,
+            duplicate_window=retention.duplicate_window_s,
+            discard=DiscardPolicy.OLD,
+        ),
+    ]
+
+
+def kv_configs(bus: names.Bus, retention: names.Retention, replicas: int) -> list[KeyValueConfig]:
+    return [
+        KeyValueConfig(
+            bucket=bus.policy_bucket,
+            description="podpost: the policy snapshot (revision = KV revision)",
+            history=5,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
+        KeyValueConfig(
+            bucket=bus.credentials_bucket,
+            description="podpost: upstream logins; written by the reconciler, read by dispatchers",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
+        KeyValueConfig(
+            bucket=bus.attempts_bucket,
+            description="podpost: per-mail attempt counts and settled recipients",
+            history=1,
+            ttl=retention.attempts_days * DAY,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
+    ]
+
+
+def object_store_config(
+    bus: names.Bus, retention: names.Retention, replicas: int
+) -> ObjectStoreConfig:
+    return ObjectStoreConfig(
+        bucket=bus.bodies_bucket,
+        description="podpost: bodies over the inline limit, keyed by mail id",
+        ttl=retention.bodies_days * DAY,
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(config)
+            log.info("bus.stream_created", stream=config.name)
+            return
+        except nats.js.errors.BadRequestError:
+            # Another role created it between our two calls; fall through to compare.
+            info = await js.stream_info(config.name)
+    current = info.config
+    wanted = (config.subjects, config.max_age, config.num_replicas, config.duplicate_window,
+              config.max_msgs)
+    have = (current.subjects, current.max_age, current.num_replicas, current.duplicate_window,
+            current.max_msgs)
+    if wanted != have:
+        await js.update_stream(config)
+        log.info("bus.stream_updated", stream=config.name)
+
+
+async def ensure(conn: Conn, retention: names.Retention, replicas: int) -> None:
+    """Create or update every stream, bucket and object store; safe to run concurrently."""
+    bus = conn.names
+    for config in stream_configs(bus, retention, replicas):
+        await _ensure_stream(conn.js, config)
+    for kv in kv_configs(bus, retention, replicas):
+        try:
+            await conn.js.key_value(kv.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await conn.js.create_key_value(kv)
+            log.info("bus.bucket_created", bucket=kv.bucket)
+    store = object_store_config(bus, retention, replicas)
+    try:
+        await conn.js.object_store(store.bucket or "")
+    except nats.js.errors.BucketNotFoundError:
+        await conn.js.create_object_store(store.bucket, config=store)
+        log.info("bus.bucket_created", bucket=store.bucket)
+
+
+async def policy_kv(conn: Conn) -> KeyValue:
+    return await conn.js.key_value(conn.names.policy_bucket)
+
+
+async def credentials_kv(conn: Conn) -> KeyValue:
+    return await conn.js.key_value(conn.names.credentials_bucket)
+
+
+async def attempts_kv(conn: Conn) -> KeyValue:
+    return await conn.js.key_value(conn.names.attempts_bucket)
+
+
+async def bodies(conn: Conn) -> ObjectStore:
+    return await conn.js.object_store(conn.names.bodies_bucket)
+
+
+async def _connect_once(cfg: settings_mod.NatsSettings, role: str) -> Client:
+    async def on_error(exc: Exception) -> None:
+        log.warning("bus.error_reported", error=str(exc) or type(exc).__name__)
+
+    async def on_disconnect() -> None:
+        log.warning("bus.disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("bus.reconnected")
+
+    servers = [url.strip() for url in cfg.url.split(",") if url.strip()]
+    options: dict[str, object] = {}
+    if cfg.user is not None:
+        options["user"] = cfg.user
+        options["password"] = cfg.password or ""
+    if cfg.creds_file is not None:
+        options["user_credentials"] = cfg.creds_file
+    return await nats.connect(
+        servers=servers,
+        name=cfg.name or f"podpost-{role}",
+        connect_timeout=max(1, int(cfg.connect_timeout_s)),
+        reconnect_time_wait=1,
+        max_reconnect_attempts=-1,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def open_connection(
+    cfg: settings_mod.NatsSettings, role: str, *, attempts: int | None = None
+) -> Conn:
+    """Connect, retrying the first connection as nats-py does not (`attempts`: None =
+    until cancelled). Later disconnects are retried by nats-py itself, forever."""
+    tried = 0
+    delay = 0.2
+    while True:
+        tried += 1
+        try:
+            nc = await _connect_once(cfg, role)
+            break
+        except (OSError, nats.errors.NoServersError, asyncio.TimeoutError) as exc:
+            if attempts is not None and tried >= attempts:
+                raise
+            log.warning("bus.connect_failed", url=cfg.url, attempt=tried,
+                        error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    return Conn(nc=nc, js=nc.jetstream(timeout=10.0), names=names.Bus(prefix=cfg.prefix))
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    cfg: settings_mod.NatsSettings, role: str, *, attempts: int | None = None,
+    ensure_bus: bool = True,
+) -> AsyncIterator[Conn]:
+    """A connection for the life of the block, with the bus ensured; closed on exit."""
+    conn = await open_connection(cfg, role, attempts=attempts)
+    try:
+        if ensure_bus:
+            await ensure(conn, names.Retention(), cfg.replicas)
+        yield conn
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.nc.close(), 5.0)

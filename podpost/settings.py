@@ -1,0 +1,216 @@
+"""One typed, frozen settings object per process, built once from ``PODPOST_*`` variables.
+
+``__`` separates levels: ``PODPOST_NATS__URL`` sets ``settings.nats.url``. A few flat
+aliases that the command line documents (``PODPOST_NATS_URL``) map onto the tree. Unknown
+variables are errors that name the variable, so a typo never becomes a silent default.
+Nothing but this module reads ``os.environ``, and only when asked to.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+from schemas import snapshot
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class NatsSettings(_Section, kw_only=True):
+    url: str = "nats://127.0.0.1:4222"
+    """Comma-separated server URLs. The default is the embedded server of ``podpost dev``."""
+    prefix: str = "podpost"
+    """Prefix of every stream, subject and bucket, so installations can share an account."""
+    replicas: int = 1
+    """Replicas of every stream and bucket: 1 on one machine, 3 in production (ack after
+    quorum; see the durability note in the README)."""
+    connect_timeout_s: float = 5.0
+    """How long one connection attempt may take before the next server is tried."""
+    user: str | None = None
+    password: str | None = None
+    creds_file: str | None = None
+    """An NKey/JWT credentials file, when the server runs with accounts."""
+    name: str = ""
+    """Client name shown in the server's monitoring; the role's name when empty."""
+
+
+class IngressSettings(_Section, kw_only=True):
+    host: str = "0.0.0.0"
+    port: int = 2525
+    """Unprivileged by default; the Service maps port 25 onto it."""
+    hostname: str = ""
+    """Name used in the banner and the Received: header; the machine's FQDN when empty."""
+    max_message_size: int = 25 * 1024 * 1024
+    """Bytes, advertised with SIZE; a policy may set a lower one. 25 MiB like most providers."""
+    inline_limit: int = 256 * 1024
+    """Bodies larger than this go to the Object Store; well under NATS's 1 MiB max payload."""
+    max_recipients: int = 1000
+    """Per transaction, like Postfix's smtpd_recipient_limit."""
+    publish_timeout_s: float = 5.0
+    """How long to wait for JetStream's PubAck before answering 451."""
+    idle_timeout_s: float = 300.0
+    """A client silent this long is disconnected (Postfix's smtpd_timeout)."""
+    max_sessions: int = 2000
+    """Concurrent SMTP sessions per ingress; more are refused with 421."""
+
+
+class RetrySettings(_Section, kw_only=True):
+    """Postfix's defaults: minimal_backoff_time, maximal_backoff_time,
+    maximal_queue_lifetime. Delay = the mail's age clamped to [min, max]."""
+
+    min_delay_s: float = 300.0
+    max_delay_s: float = 4020.0
+    max_age_s: float = 5 * 86400.0
+
+    def policy(self) -> snapshot.RetryPolicy:
+        return snapshot.RetryPolicy(
+            min_delay_s=self.min_delay_s, max_delay_s=self.max_delay_s, max_age_s=self.max_age_s
+        )
+
+
+class DispatcherSettings(_Section, kw_only=True):
+    upstreams: list[str] = []
+    """Upstream keys (``ns/name``) this dispatcher serves; empty: all of them."""
+    max_connections: int = 10
+    """Default cap on concurrent connections per upstream (per replica) when the
+    SMTPServer does not set one; ten suits providers like Mailtrap."""
+    batch: int = 50
+    """Messages fetched at once per consumer."""
+    ack_wait_s: float = 120.0
+    """A message not acked within this is redelivered (the dispatcher holding it died)."""
+    smtp_timeout_s: float = 60.0
+    """Deadline for each SMTP command to an upstream."""
+    idle_connection_s: float = 30.0
+    """Pooled upstream connections unused this long are closed."""
+    discovery_interval_s: float = 2.0
+    """How often the set of (upstream, policy) consumers is re-derived."""
+    retry: RetrySettings = RetrySettings()
+    """The global retry schedule; a policy's ``spec.retry`` overrides it."""
+    rate_window_scale: float = 1.0
+    """Multiplies rate-limit periods; tests shrink a minute to seconds with it."""
+
+
+class ReconcilerSettings(_Section, kw_only=True):
+    source: Literal["file", "kubernetes"] = "file"
+    file: str = "deploy/examples/dev.yaml"
+    """The policy file of the file source."""
+    poll_interval_s: float = 1.0
+    """How often the file source checks the file for changes."""
+    debounce_s: float = 0.2
+    """Changes within this are folded into one snapshot."""
+    namespace: str | None = None
+    """kubernetes source: watch only this namespace (all when unset)."""
+    pod_label_selector: str | None = None
+    """kubernetes source: watch only pods matching this label selector."""
+
+
+class LogSettings(_Section, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    """auto: console on a TTY, JSON otherwise."""
+
+
+class HealthSettings(_Section, kw_only=True):
+    host: str = "0.0.0.0"
+    port: int = 0
+    """Serves /healthz, /readyz and /metrics; 0 turns it off."""
+
+
+class Settings(_Section, kw_only=True):
+    nats: NatsSettings = NatsSettings()
+    ingress: IngressSettings = IngressSettings()
+    dispatcher: DispatcherSettings = DispatcherSettings()
+    reconciler: ReconcilerSettings = ReconcilerSettings()
+    log: LogSettings = LogSettings()
+    health: HealthSettings = HealthSettings()
+    grace_s: float = 10.0
+    """On SIGTERM, how long to drain before cancelling what is left."""
+
+
+class SettingsError(ValueError):
+    """A bad ``PODPOST_*`` variable, named as the user wrote it."""
+
+
+PREFIX = "PODPOST_"
+ALIASES = {"PODPOST_NATS_URL": "PODPOST_NATS__URL"}
+_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
+
+
+def _list_paths(tp: Any = Settings, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Paths of every list field, whose variables are comma-separated."""
+    out: set[tuple[str, ...]] = set()
+    info = msgspec.inspect.type_info(tp)
+    if isinstance(info, msgspec.inspect.StructType):
+        for field in info.fields:
+            ftype = field.type
+            if isinstance(ftype, msgspec.inspect.ListType):
+                out.add((*path, field.name))
+            elif isinstance(ftype, msgspec.inspect.StructType):
+                out |= _list_paths(ftype.cls, (*path, field.name))
+    return out
+
+
+def _to_variable(dotted: str) -> str:
+    return PREFIX + dotted.replace(".", "__").upper()
+
+
+def tree_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``PODPOST_A__B=v`` -> ``{"a": {"b": "v"}}``; lists split on commas."""
+    lists = _list_paths()
+    tree: dict[str, Any] = {}
+    for name, value in sorted(environ.items()):
+        if not name.startswith(PREFIX):
+            continue
+        name = ALIASES.get(name, name)
+        path = tuple(part.lower() for part in name[len(PREFIX):].split("__"))
+        if not all(path):
+            raise SettingsError(f"{name}: empty level in the variable name")
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SettingsError(f"{name}: {part} is a value, not a section")
+            node = child
+        parsed: Any = value
+        if path in lists:
+            parsed = [item.strip() for item in value.split(",") if item.strip()]
+        node[path[-1]] = parsed
+    return tree
+
+
+def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` (command-line flags) over ``base``; ``None`` means unset."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            out[key] = merge(out.get(key, {}) if isinstance(out.get(key), dict) else {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def load(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build the settings from variables, then flags. Errors name the variable."""
+    tree = merge(tree_from_env(environ), overrides or {})
+    try:
+        return msgspec.convert(tree, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH_RE.search(message)
+        unknown = _UNKNOWN_RE.search(message)
+        if match or unknown:
+            parts = [match.group(1).split("[")[0]] if match and match.group(1) else []
+            if unknown:
+                parts.append(unknown.group(1))
+            variable = _to_variable(".".join(parts))
+            reason = message.split(" - at `")[0]
+            raise SettingsError(f"{variable}: {reason}") from None
+        raise SettingsError(message) from None

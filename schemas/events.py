@@ -1,0 +1,84 @@
+"""Events on the EVENTS stream, one tagged union: ``kind`` says which.
+
+``podpost trace <id>`` reads them back. Each carries the mail id, time, policy and
+upstream; where it applies, the SMTP reply.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    mail_id: str
+    at: datetime
+    policy: str = ""
+    upstream: str = ""
+
+
+class Accepted(Event, tag="accepted", kw_only=True):
+    mail_from: str = ""
+    rcpt_count: int = 0
+    size: int = 0
+    client_ip: str = ""
+    duplicate: bool = False
+
+
+class Rejected(Event, tag="rejected", kw_only=True):
+    code: int
+    reply: str = ""
+    client_ip: str = ""
+    stage: str = ""
+
+
+class Attempted(Event, tag="attempted", kw_only=True):
+    attempt: int
+    rcpt_count: int = 0
+
+
+class Deferred(Event, tag="deferred", kw_only=True):
+    retry_in_s: float
+    attempt: int = 0
+    code: int | None = None
+    reply: str = ""
+    rcpt_to: list[str] = []
+
+
+class Delivered(Event, tag="delivered", kw_only=True):
+    attempt: int = 0
+    code: int | None = None
+    reply: str = ""
+    rcpt_to: list[str] = []
+
+
+class Dead(Event, tag="dead", kw_only=True):
+    fate: str
+    code: int | None = None
+    reply: str = ""
+    rcpt_to: list[str] = []
+
+
+class Replayed(Event, tag="replayed", kw_only=True):
+    dead_seq: int = 0
+    to_upstream: str = ""
+
+
+class Purged(Event, tag="purged", kw_only=True):
+    dead_seq: int = 0
+
+
+AnyEvent = Accepted | Rejected | Attempted | Deferred | Delivered | Dead | Replayed | Purged
+
+KINDS: tuple[str, ...] = (
+    "accepted", "rejected", "attempted", "deferred", "delivered", "dead", "replayed", "purged",
+)
+
+event_encoder = msgspec.json.Encoder()
+event_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def kind_of(event: AnyEvent) -> str:
+    """The tag of an event, for its subject."""
+    return type(event).__struct_config__.tag  # type: ignore[return-value]

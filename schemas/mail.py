@@ -1,0 +1,87 @@
+"""The mail on the bus: `Envelope` on the MAIL stream, `DeadLetter` on DEAD, `Caught` on
+CAUGHT, and the per-mail `AttemptRecord` podpost keeps in the ATTEMPTS bucket.
+
+Bus messages never forbid unknown fields, and every new field gets a default, so old and
+new replicas can meet during a rolling upgrade.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+
+class BodyRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A body too big to travel inline, kept in the BODIES object store under ``name``."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    """The mail id, derived from sender, recipients and body: it is the dedupe key."""
+    policy: str
+    upstream: str
+    mail_from: str
+    rcpt_to: list[str]
+    received_at: datetime
+    size: int
+    """Size of the stored message in bytes (with the headers podpost added)."""
+    client_ip: str = ""
+    source: str = ""
+    helo: str = ""
+    smtputf8: bool = False
+    body: bytes | None = None
+    """The whole message (headers and body) when it fits the inline limit."""
+    body_ref: BodyRef | None = None
+    replay_of: int | None = None
+    """DEAD stream sequence this mail was replayed from, if it was."""
+
+
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """podpost's own count of delivery attempts for one mail; rate-limit waits and
+    redeliveries after a crash are not attempts, so the JetStream delivery counter is not
+    trusted for this."""
+
+    attempts: int = 0
+    first_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    last_code: int | None = None
+    last_reply: str = ""
+    done: list[str] = []
+    """Recipients already settled (delivered or dead-lettered): never sent again."""
+
+
+Fate = Literal["permanent", "expired", "rejected", "invalid"]
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    envelope: Envelope
+    """The mail, with ``rcpt_to`` narrowed to the recipients this dead letter is for."""
+    fate: str
+    """Why it is dead: ``permanent`` (a 5xx), ``expired`` (older than the max queue age)."""
+    reason: str = ""
+    code: int | None = None
+    reply: str = ""
+    attempts: int = 0
+    first_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    dead_at: datetime
+
+
+class Caught(msgspec.Struct, frozen=True, kw_only=True):
+    """A mail kept by the catcher sink."""
+
+    envelope: Envelope
+    caught_at: datetime
+
+
+envelope_encoder = msgspec.json.Encoder()
+envelope_decoder = msgspec.json.Decoder(Envelope)
+dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+caught_decoder = msgspec.json.Decoder(Caught)
+attempt_decoder = msgspec.json.Decoder(AttemptRecord)

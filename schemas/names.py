@@ -1,0 +1,156 @@
+"""Names on the bus: streams, subjects, buckets and how resource keys become subject tokens.
+
+Every name carries an installation prefix so several podpost installations can share one
+NATS account. A resource key is ``<namespace>/<name>``; in a subject it becomes the two
+tokens ``<namespace>.<name>`` with the dots of the name written as ``_`` (Kubernetes names
+never hold ``_``, so the mapping cannot collide).
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+CATCHER = "_/catcher"
+"""The upstream key of the built-in catcher sink. ``_`` is no valid namespace, so no
+SMTPServer can ever take this key."""
+
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+
+class InvalidKey(ValueError):
+    """A resource key that is not ``<namespace>/<name>``."""
+
+
+def split_key(key: str) -> tuple[str, str]:
+    namespace, sep, name = key.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise InvalidKey(f"not a <namespace>/<name> key: {key!r}")
+    return namespace, name
+
+
+def key_token(key: str) -> str:
+    """``ns/my.name`` -> ``ns.my_name``: a resource key as two subject tokens."""
+    namespace, name = split_key(key)
+    return f"{namespace}.{name.replace('.', '_')}"
+
+
+def token_key(token: str) -> str:
+    """The inverse of `key_token`."""
+    namespace, _, name = token.partition(".")
+    return f"{namespace}/{name.replace('_', '.')}"
+
+
+def key_ident(key: str) -> str:
+    """A key as one name usable for consumers and KV keys: ``ns/my.name`` -> ``ns__my_name``."""
+    namespace, name = split_key(key)
+    return f"{namespace}__{name.replace('.', '_')}"
+
+
+class Bus(msgspec.Struct, frozen=True, kw_only=True):
+    """Every stream, subject and bucket name of one installation."""
+
+    prefix: str = "podpost"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.prefix):
+            raise ValueError(
+                f"bus prefix {self.prefix!r} must be lower-case letters, digits and '-', "
+                "starting with a letter, at most 31 characters"
+            )
+
+    @property
+    def _upper(self) -> str:
+        return self.prefix.upper().replace("-", "_")
+
+    # streams
+    @property
+    def mail_stream(self) -> str:
+        return f"{self._upper}_MAIL"
+
+    @property
+    def dead_stream(self) -> str:
+        return f"{self._upper}_DEAD"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self._upper}_EVENTS"
+
+    @property
+    def caught_stream(self) -> str:
+        return f"{self._upper}_CAUGHT"
+
+    # buckets
+    @property
+    def policy_bucket(self) -> str:
+        return f"{self._upper}_POLICY"
+
+    @property
+    def credentials_bucket(self) -> str:
+        return f"{self._upper}_CREDENTIALS"
+
+    @property
+    def attempts_bucket(self) -> str:
+        return f"{self._upper}_ATTEMPTS"
+
+    @property
+    def bodies_bucket(self) -> str:
+        return f"{self._upper}_BODIES"
+
+    snapshot_key: str = "snapshot"
+
+    # subjects
+    def mail_subject(self, upstream: str, policy: str) -> str:
+        return f"{self.prefix}.mail.out.{key_token(upstream)}.{key_token(policy)}"
+
+    def mail_filter(self, upstream: str | None = None) -> str:
+        if upstream is None:
+            return f"{self.prefix}.mail.out.>"
+        return f"{self.prefix}.mail.out.{key_token(upstream)}.>"
+
+    def parse_mail_subject(self, subject: str) -> tuple[str, str]:
+        """``<prefix>.mail.out.<up-ns>.<up>.<pol-ns>.<pol>`` -> (upstream key, policy key)."""
+        parts = subject.split(".")
+        if len(parts) != 7 or parts[:3] != [self.prefix, "mail", "out"]:
+            raise InvalidKey(f"not a mail subject: {subject!r}")
+        return token_key(".".join(parts[3:5])), token_key(".".join(parts[5:7]))
+
+    def dead_subject(self, upstream: str) -> str:
+        return f"{self.prefix}.mail.dead.{key_token(upstream)}"
+
+    def dead_filter(self, upstream: str | None = None) -> str:
+        if upstream is None:
+            return f"{self.prefix}.mail.dead.>"
+        return self.dead_subject(upstream)
+
+    def event_subject(self, kind: str) -> str:
+        return f"{self.prefix}.mail.events.{kind}"
+
+    def events_filter(self) -> str:
+        return f"{self.prefix}.mail.events.>"
+
+    def caught_subject(self, policy: str) -> str:
+        return f"{self.prefix}.mail.caught.{key_token(policy)}"
+
+    def caught_filter(self) -> str:
+        return f"{self.prefix}.mail.caught.>"
+
+    def consumer_name(self, upstream: str, policy: str) -> str:
+        """The durable consumer for one (upstream, policy) pair, shared by all dispatchers."""
+        return f"out__{key_ident(upstream)}__{key_ident(policy)}"
+
+
+class Retention(msgspec.Struct, frozen=True, kw_only=True):
+    """How long each store keeps its data; the defaults follow DESIGN.md."""
+
+    dead_days: float = 30.0
+    events_days: float = 7.0
+    caught_days: float = 7.0
+    caught_max_msgs: int = 10_000
+    duplicate_window_s: float = 3600.0
+    """A client retries a refused transaction minutes later; an hour of dedupe covers it."""
+    bodies_days: float = 35.0
+    """Bodies are deleted on delivery and purge; this TTL only collects what a crash left
+    behind. It must outlive the max queue age (5 days) and the DEAD retention (30 days)."""
+    attempts_days: float = 35.0

@@ -1,0 +1,213 @@
+"""The custom resource specs, kube-mail compatible, plus podpost's optional additions.
+
+Group ``kube-mail.helmich.me``, version ``v1alpha1``: a kube-mail user's manifests decode
+unchanged. These Structs are human input, so unknown fields are refused (a typo is an error,
+not a silent default); the CRD OpenAPI schemas in ``deploy/crds`` are generated from them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+GROUP = "kube-mail.helmich.me"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+STATIC_API_VERSION = "podpost/v1alpha1"
+
+Duration = Annotated[
+    str,
+    Meta(
+        pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$",
+        description="A duration such as 90s, 5m, 1h7m or 5d.",
+    ),
+]
+
+
+class _Spec(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """Base of every human-written spec: camelCase on the wire, unknown fields refused."""
+
+
+# --- SMTPServer -------------------------------------------------------------------------
+
+
+class SMTPServerSpec(_Spec, kw_only=True):
+    server: Annotated[str, Meta(min_length=1, description="Host name or address of the upstream.")]
+    port: Annotated[int, Meta(ge=1, le=65535, description="TCP port; 587 by default.")] = 587
+    connect: (
+        Annotated[
+            Literal["plain", "ssl", "starttls"],
+            Meta(
+                description="plain: no TLS; ssl: implicit TLS; starttls: upgrade after EHLO. "
+                "When unset, the deprecated `tls` decides (true: starttls)."
+            ),
+        ]
+        | None
+    ) = None
+    tls: Annotated[bool, Meta(description="Deprecated: use `connect`.")] | None = None
+    auth_type: Annotated[
+        Literal["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1"],
+        Meta(description="SASL mechanism used with the policy's credentials."),
+    ] = "PLAIN"
+    # podpost additions
+    max_connections: (
+        Annotated[
+            int,
+            Meta(ge=1, le=1000, description="podpost: cap on concurrent connections to this "
+                 "upstream per dispatcher replica."),
+        ]
+        | None
+    ) = None
+    timeout_seconds: (
+        Annotated[float, Meta(gt=0, le=600, description="podpost: per SMTP command deadline.")]
+        | None
+    ) = None
+
+
+def connect_mode(spec: SMTPServerSpec) -> Literal["plain", "ssl", "starttls"]:
+    """``connect`` wins; otherwise kube-mail's ``tls: true`` meant STARTTLS."""
+    if spec.connect is not None:
+        return spec.connect
+    return "starttls" if spec.tls else "plain"
+
+
+# --- EmailPolicy ------------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(_Spec, kw_only=True):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = []
+
+
+class LabelSelector(_Spec, kw_only=True):
+    match_labels: dict[str, str] = {}
+    match_expressions: list[LabelSelectorRequirement] = []
+
+
+class RateLimiting(_Spec, kw_only=True):
+    maximum: Annotated[int, Meta(ge=0, description="Messages allowed per period, per policy.")]
+    period: Literal["hour", "minute"] = "hour"
+
+
+class ObjectRef(_Spec, kw_only=True):
+    name: Annotated[str, Meta(min_length=1)]
+    namespace: str | None = None
+
+
+class SMTPSink(_Spec, kw_only=True):
+    server: ObjectRef
+    credentials: ObjectRef | None = None
+
+
+class CatcherSink(_Spec, kw_only=True):
+    """podpost: keep the mail inside podpost for viewing (`podpost caught`) instead of
+    sending it anywhere."""
+
+
+class Sink(_Spec, kw_only=True):
+    smtp: SMTPSink | None = None
+    catcher: CatcherSink | None = None
+
+
+class RetrySpec(_Spec, kw_only=True):
+    """podpost: the retry schedule. Delay is the mail's age clamped to [minDelay, maxDelay]
+    (Postfix's rule); past maxQueueAge the mail is dead-lettered as expired."""
+
+    min_delay: Duration | None = None
+    max_delay: Duration | None = None
+    max_queue_age: Duration | None = None
+
+
+class EmailPolicySpec(_Spec, kw_only=True):
+    default: Annotated[
+        bool,
+        Meta(description="Fallback for pods of this namespace that no other policy selects."),
+    ] = False
+    pod_selector: LabelSelector = LabelSelector()
+    ratelimiting: RateLimiting | None = None
+    sink: Sink
+    # podpost additions
+    retry: RetrySpec | None = None
+    max_message_size: (
+        Annotated[int, Meta(ge=1, description="podpost: bytes; the global limit when unset.")]
+        | None
+    ) = None
+    allowed_senders: Annotated[
+        list[str],
+        Meta(description="podpost: envelope sender and From: must match one of these: "
+             "an address, '@domain' or '*@domain'. Empty: any sender."),
+    ] = []
+
+
+# --- documents --------------------------------------------------------------------------
+
+
+class Metadata(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Object metadata. Unknown fields (uid, resourceVersion, ...) are allowed: they come
+    from the API server, not from a person."""
+
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    generation: int | None = None
+    resource_version: str | None = None
+
+
+class StaticSourceSpec(_Spec, kw_only=True):
+    cidrs: Annotated[list[str], Meta(min_length=1)]
+
+
+class SMTPServer(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
+                 forbid_unknown_fields=True):
+    api_version: Literal["kube-mail.helmich.me/v1alpha1"] = API_VERSION
+    kind: Literal["SMTPServer"] = "SMTPServer"
+    metadata: Metadata
+    spec: SMTPServerSpec
+    status: dict[str, object] | None = None
+
+
+class EmailPolicy(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
+                  forbid_unknown_fields=True):
+    api_version: Literal["kube-mail.helmich.me/v1alpha1"] = API_VERSION
+    kind: Literal["EmailPolicy"] = "EmailPolicy"
+    metadata: Metadata
+    spec: EmailPolicySpec
+    status: dict[str, object] | None = None
+
+
+class StaticSource(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
+                   forbid_unknown_fields=True):
+    """File source only: clients in ``cidrs`` are treated as a pod with these labels in
+    this namespace."""
+
+    api_version: Literal["podpost/v1alpha1"] = STATIC_API_VERSION
+    kind: Literal["StaticSource"] = "StaticSource"
+    metadata: Metadata
+    spec: StaticSourceSpec
+
+
+class Secret(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A v1 Secret holding ``username`` and ``password`` (``data`` base64, or ``stringData``)."""
+
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Secret"] = "Secret"
+    metadata: Metadata
+    type: str = "Opaque"
+    data: dict[str, str] = {}
+    string_data: dict[str, str] = {}
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+class Condition(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None

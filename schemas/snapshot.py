@@ -1,0 +1,84 @@
+"""The policy snapshot: everything ingress and dispatchers need, resolved and flat.
+
+The reconciler builds it from resources (pure) and publishes it to the POLICY bucket; the
+KV revision is the snapshot's revision. Credentials are never in here: a policy names the
+CREDENTIALS key to read, and only dispatchers may read that bucket.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """Delay = the mail's age clamped to [min_delay_s, max_delay_s]; dead past max_age_s.
+    The defaults are Postfix's (minimal_backoff_time, maximal_backoff_time,
+    maximal_queue_lifetime)."""
+
+    min_delay_s: float = 300.0
+    max_delay_s: float = 4020.0
+    max_age_s: float = 5 * 86400.0
+
+
+class RateLimit(msgspec.Struct, frozen=True, kw_only=True):
+    maximum: int
+    period_s: float
+
+
+class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    """``<namespace>/<name>`` of the EmailPolicy."""
+    upstream: str
+    """``<namespace>/<name>`` of the SMTPServer, or `names.CATCHER`."""
+    credentials: str | None = None
+    """CREDENTIALS bucket key holding this policy's login, when it has one."""
+    allowed_senders: list[str] = []
+    max_message_size: int | None = None
+    ratelimit: RateLimit | None = None
+    retry: RetryPolicy | None = None
+
+
+class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    host: str
+    port: int
+    connect: Literal["plain", "ssl", "starttls"] = "plain"
+    auth_type: str = "PLAIN"
+    max_connections: int | None = None
+    timeout_s: float | None = None
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    """A client network (a pod's /32 or /128, or a static CIDR) and the policy it gets."""
+
+    network: str
+    policy: str
+    source: str
+    """Who the address belongs to: ``pod:<ns>/<name>`` or ``static:<ns>/<name>``."""
+
+
+class PolicySnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    generated_at: datetime
+    policies: dict[str, PolicyView] = {}
+    upstreams: dict[str, UpstreamView] = {}
+    routes: list[Route] = []
+    source: str = ""
+    """Where it was built from: ``file:<path>`` or ``kubernetes``."""
+    digest: str = ""
+    """A hash of the content, so an unchanged rebuild is not published again."""
+
+
+class Credentials(msgspec.Struct, frozen=True, kw_only=True):
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never print a password, not even by accident
+        return f"Credentials(username={self.username!r}, password=<redacted>)"
+
+
+snapshot_encoder = msgspec.json.Encoder()
+snapshot_decoder = msgspec.json.Decoder(PolicySnapshot)
+credentials_decoder = msgspec.json.Decoder(Credentials)
