@@ -6,7 +6,6 @@ function; tables are built by pure functions in `podpost.tables`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -111,8 +110,7 @@ def dev(
         "ingress": {"host": "127.0.0.1", "port": smtp_port},
         "reconciler": {"source": "file", "file": str(policies)},
     })
-    asyncio_run_dev = devmode.run
-    asyncio_run_dev(cfg, nats_port=nats_port, state_dir=state_dir)
+    devmode.run(cfg, nats_port=nats_port, state_dir=state_dir)
 
 
 def main() -> None:

@@ -8,8 +8,6 @@ new replicas can meet during a rolling upgrade.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
-
 import msgspec
 
 
@@ -42,28 +40,36 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     """DEAD stream sequence this mail was replayed from, if it was."""
 
 
+def attempts_key(envelope: Envelope) -> str:
+    """ATTEMPTS bucket key: a replayed mail starts a fresh count."""
+    if envelope.replay_of is None:
+        return envelope.id
+    return f"{envelope.id}.r{envelope.replay_of}"
+
+
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     """podpost's own count of delivery attempts for one mail; rate-limit waits and
     redeliveries after a crash are not attempts, so the JetStream delivery counter is not
     trusted for this."""
 
     attempts: int = 0
+    policy: str = ""
+    upstream: str = ""
     first_attempt_at: datetime | None = None
     last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None
     last_code: int | None = None
     last_reply: str = ""
     done: list[str] = []
     """Recipients already settled (delivered or dead-lettered): never sent again."""
 
 
-Fate = Literal["permanent", "expired", "rejected", "invalid"]
-
-
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     envelope: Envelope
     """The mail, with ``rcpt_to`` narrowed to the recipients this dead letter is for."""
     fate: str
-    """Why it is dead: ``permanent`` (a 5xx), ``expired`` (older than the max queue age)."""
+    """Why it is dead: ``permanent`` (a 5xx), ``expired`` (older than the max queue age),
+    ``invalid`` (the mail cannot be read back, e.g. its body is gone)."""
     reason: str = ""
     code: int | None = None
     reply: str = ""
