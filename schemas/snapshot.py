@@ -14,13 +14,21 @@ import msgspec
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """Delay = the mail's age clamped to [min_delay_s, max_delay_s]; dead past max_age_s.
+    """The effective retry schedule of one mail. Delay = the mail's age clamped to [min_delay_s, max_delay_s]; dead past max_age_s.
     The defaults are Postfix's (minimal_backoff_time, maximal_backoff_time,
     maximal_queue_lifetime)."""
 
     min_delay_s: float = 300.0
     max_delay_s: float = 4020.0
     max_age_s: float = 5 * 86400.0
+
+
+class RetryOverride(msgspec.Struct, frozen=True, kw_only=True):
+    """A policy's ``spec.retry``: each field set overrides the dispatcher's global one."""
+
+    min_delay_s: float | None = None
+    max_delay_s: float | None = None
+    max_age_s: float | None = None
 
 
 class RateLimit(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,7 +46,7 @@ class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
     allowed_senders: list[str] = []
     max_message_size: int | None = None
     ratelimit: RateLimit | None = None
-    retry: RetryPolicy | None = None
+    retry: RetryOverride | None = None
 
 
 class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
