@@ -113,6 +113,25 @@ def dev(
     devmode.run(cfg, nats_port=nats_port, state_dir=state_dir)
 
 
+@app.command()
+def crds(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write one file per CRD into this directory instead."),
+    ] = None,
+) -> None:
+    """Print the CustomResourceDefinitions (generated from schemas/) as multi-document YAML."""
+    from podpost import crds as crds_mod
+
+    if out is None:
+        typer.echo(crds_mod.render_all(), nl=False)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, doc in crds_mod.documents().items():
+        (out / name).write_text(crds_mod.render(doc), encoding="utf-8")
+        err.print(f"wrote {out / name}")
+
+
 def main() -> None:
     app()
 
