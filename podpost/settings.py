@@ -107,6 +107,41 @@ class ReconcilerSettings(_Section, kw_only=True):
     """kubernetes source: watch only this namespace (all when unset)."""
     pod_label_selector: str | None = None
     """kubernetes source: watch only pods matching this label selector."""
+    kubeconfig: str = ""
+    """kubernetes source: path of a kubeconfig file; empty: the pod's service account
+    (in-cluster configuration), which is how it runs in production."""
+    kube_context: str = ""
+    """kubernetes source: kubeconfig context to use; empty: the file's current context."""
+    secret_refresh_s: float = 30.0
+    """kubernetes source: seconds between re-reads of the referenced Secrets, by name. The
+    reconciler only needs ``get`` on Secrets (no list/watch), so a rotated password reaches
+    dispatchers within this; a new reference is read at once."""
+    watch_timeout_s: float = 300.0
+    """kubernetes source: each watch request ends after this many seconds and resumes from
+    its last resourceVersion; shorter than load balancers' idle cuts."""
+    api_timeout_s: float = 10.0
+    """kubernetes source: deadline of every non-watch API request."""
+    status_concurrency: int = 8
+    """kubernetes source: status PATCHes in flight at once (a first sync may write many)."""
+    leader_election: bool = True
+    """kubernetes source: only the holder of the Lease publishes and writes statuses, so
+    replicas never fight; turn off only when exactly one replica runs."""
+    lease_name: str = "podpost-reconciler"
+    """kubernetes source: name of the coordination.k8s.io/v1 Lease."""
+    lease_namespace: str = ""
+    """kubernetes source: namespace of the Lease; empty: the service account's namespace
+    (in-cluster), else ``default``."""
+    identity: str = ""
+    """kubernetes source: this replica's name in the Lease; empty: ``<hostname>-<pid>``
+    (the hostname is the pod name in a cluster)."""
+    lease_duration_s: float = 15.0
+    """kubernetes source: a standby takes over after the Lease went unrenewed this long
+    (client-go's default)."""
+    lease_renew_deadline_s: float = 10.0
+    """kubernetes source: a leader that could not renew for this long stops publishing;
+    must be shorter than lease_duration_s (client-go's default)."""
+    lease_retry_s: float = 2.0
+    """kubernetes source: how often the Lease is renewed or tried (client-go's default)."""
 
 
 class LogSettings(_Section, kw_only=True):
