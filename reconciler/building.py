@@ -1,0 +1,420 @@
+"""The snapshot builder: resources in, one `PolicySnapshot` plus credentials and status
+conditions out. Both sources (the YAML file and the Kubernetes API) feed it the same
+`Inputs`, so a policy means the same thing wherever it comes from.
+
+Rules (DESIGN.md "Resources"):
+
+- A policy's upstream is ``spec.sink.smtp.server`` (namespace defaulting to the policy's)
+  or the built-in catcher; exactly one of the two. A policy that cannot be resolved (bad
+  sink, missing server, missing or refused Secret, bad selector) is not Ready and is left
+  out of the snapshot: its clients get no route, so nothing is relayed for them.
+- A Secret in another namespace is used only when its annotation
+  ``podpost.dev/allowed-namespaces`` lists the policy's namespace (comma-separated, ``*``
+  for any). Each referenced Secret becomes one CREDENTIALS key; the snapshot only names it.
+- A policy selects endpoints of its own namespace only. Default policies are fallbacks:
+  they are candidates only for endpoints that no non-default policy selects (and their own
+  selector, usually empty, must still match).
+- Several candidates for one endpoint: the one with the most selector terms wins, then the
+  lexically smallest key. Every candidate gets a ``Conflict`` condition naming the others
+  and the endpoints; a policy without conflicts gets ``Conflict`` False, so the condition
+  clears.
+
+Pure: no I/O, ``now`` is passed in, output sorted so equal inputs give equal bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+from collections import defaultdict
+from datetime import datetime
+from typing import TypeVar
+
+import msgspec
+
+from podpost import durations
+from reconciler import matching
+from schemas import names, resources, snapshot
+
+ALLOWED_NAMESPACES_ANNOTATION = "podpost.dev/allowed-namespaces"
+PERIOD_S = {"minute": 60.0, "hour": 3600.0}
+MAX_CONFLICT_ENDPOINTS = 5
+"""A Conflict message names at most this many endpoints, then says how many more."""
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """Something that sends mail from known addresses: a pod or a static source."""
+
+    source: str
+    """``pod:<ns>/<name>`` or ``static:<ns>/<name>``."""
+    namespace: str
+    labels: dict[str, str]
+    networks: list[str]
+    """Pod IPs (v4/v6) or static CIDRs."""
+
+
+class Inputs(msgspec.Struct, frozen=True, kw_only=True):
+    servers: list[resources.SMTPServer] = []
+    policies: list[resources.EmailPolicy] = []
+    secrets: list[resources.Secret] = []
+    endpoints: list[Endpoint] = []
+
+
+_Snapshot = snapshot.PolicySnapshot
+_Credentials = snapshot.Credentials
+"""Aliases: inside `Build` the field ``snapshot`` shadows the module."""
+
+
+class Build(msgspec.Struct, frozen=True, kw_only=True):
+    snapshot: _Snapshot
+    credentials: dict[str, _Credentials]
+    """CREDENTIALS bucket key -> login. Never logged, never in the snapshot."""
+    conditions: dict[str, list[resources.Condition]]
+    """``EmailPolicy:<ns>/<name>`` or ``SMTPServer:<ns>/<name>`` -> status conditions."""
+
+
+def object_key(kind: str, key: str) -> str:
+    """The `Build.conditions` key of one object: ``EmailPolicy:ns/name``."""
+    return f"{kind}:{key}"
+
+
+def resource_key(metadata: resources.Metadata) -> str:
+    return f"{metadata.namespace}/{metadata.name}"
+
+
+def credentials_key(secret_key: str) -> str:
+    """The CREDENTIALS bucket key of the Secret ``ns/name``."""
+    return names.key_ident(secret_key)
+
+
+class _Unresolved(Exception):
+    """A policy that cannot go into the snapshot, with the Ready condition's reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _ready(reason: str, message: str) -> resources.Condition:
+    return resources.Condition(type="Ready", status="True", reason=reason, message=message)
+
+
+def _not_ready(reason: str, message: str) -> resources.Condition:
+    return resources.Condition(type="Ready", status="False", reason=reason, message=message)
+
+
+# --- upstreams ----------------------------------------------------------------------------
+
+
+def upstream_view(server: resources.SMTPServer) -> snapshot.UpstreamView:
+    spec = server.spec
+    return snapshot.UpstreamView(
+        key=resource_key(server.metadata),
+        host=spec.server,
+        port=spec.port,
+        connect=resources.connect_mode(spec),
+        auth_type=spec.auth_type,
+        max_connections=spec.max_connections,
+        timeout_s=spec.timeout_seconds,
+    )
+
+
+# --- credentials --------------------------------------------------------------------------
+
+
+def _allowed_namespaces(secret: resources.Secret) -> set[str]:
+    raw = secret.metadata.annotations.get(ALLOWED_NAMESPACES_ANNOTATION, "")
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _secret_value(secret: resources.Secret, field: str) -> str | None:
+    """``stringData`` wins over ``data``, as when the API server merges them."""
+    if field in secret.string_data:
+        return secret.string_data[field]
+    if field not in secret.data:
+        return None
+    try:
+        return base64.b64decode(secret.data[field], validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise _Unresolved(
+            "SecretInvalid", f"Secret {resource_key(secret.metadata)}: data.{field} is not "
+            "base64 of UTF-8 text",
+        ) from exc
+
+
+def secret_credentials(secret: resources.Secret) -> snapshot.Credentials:
+    """The login a Secret holds; `_Unresolved` (SecretInvalid) when it lacks one."""
+    key = resource_key(secret.metadata)
+    username = _secret_value(secret, "username")
+    password = _secret_value(secret, "password")
+    missing = [f for f, v in (("username", username), ("password", password)) if not v]
+    if username is None or password is None or missing:
+        raise _Unresolved("SecretInvalid", f"Secret {key} has no {' and no '.join(missing)}")
+    return snapshot.Credentials(username=username, password=password)
+
+
+def _credentials(
+    policy: resources.EmailPolicy,
+    ref: resources.ObjectRef,
+    secrets: dict[str, resources.Secret],
+) -> tuple[str, snapshot.Credentials]:
+    namespace = policy.metadata.namespace
+    secret_key = f"{ref.namespace or namespace}/{ref.name}"
+    secret = secrets.get(secret_key)
+    if secret is None:
+        raise _Unresolved("SecretNotFound", f"Secret {secret_key} not found")
+    if secret.metadata.namespace != namespace:
+        allowed = _allowed_namespaces(secret)
+        if "*" not in allowed and namespace not in allowed:
+            raise _Unresolved(
+                "CrossNamespaceSecretNotGranted",
+                f"Secret {secret_key} is in another namespace; it must carry the annotation "
+                f"{ALLOWED_NAMESPACES_ANNOTATION} listing {namespace!r} (or '*')",
+            )
+    return credentials_key(secret_key), secret_credentials(secret)
+
+
+# --- policies -----------------------------------------------------------------------------
+
+
+def _retry(spec: resources.RetrySpec | None) -> snapshot.RetryOverride | None:
+    if spec is None:
+        return None
+    try:
+        override = snapshot.RetryOverride(
+            min_delay_s=None if spec.min_delay is None else durations.parse(spec.min_delay),
+            max_delay_s=None if spec.max_delay is None else durations.parse(spec.max_delay),
+            max_age_s=None if spec.max_queue_age is None else durations.parse(spec.max_queue_age),
+        )
+    except durations.InvalidDuration as exc:
+        raise _Unresolved("InvalidRetry", f"spec.retry: {exc}") from exc
+    if (
+        override.min_delay_s is not None
+        and override.max_delay_s is not None
+        and override.min_delay_s > override.max_delay_s
+    ):
+        raise _Unresolved("InvalidRetry", "spec.retry: minDelay is longer than maxDelay")
+    return override
+
+
+class _Resolved(msgspec.Struct, frozen=True, kw_only=True):
+    view: snapshot.PolicyView
+    selector: matching.Selector
+    default: bool
+    login: tuple[str, snapshot.Credentials] | None
+
+
+def _resolve(
+    policy: resources.EmailPolicy,
+    servers: dict[str, resources.SMTPServer],
+    secrets: dict[str, resources.Secret],
+) -> _Resolved:
+    key = resource_key(policy.metadata)
+    spec = policy.spec
+    smtp, catcher = spec.sink.smtp, spec.sink.catcher
+    if (smtp is None) == (catcher is None):
+        raise _Unresolved("InvalidSink", "spec.sink needs exactly one of smtp or catcher")
+    login = None
+    if smtp is not None:
+        upstream = f"{smtp.server.namespace or policy.metadata.namespace}/{smtp.server.name}"
+        if upstream not in servers:
+            raise _Unresolved("ServerNotFound", f"SMTPServer {upstream} not found")
+        if smtp.credentials is not None:
+            login = _credentials(policy, smtp.credentials, secrets)
+    else:
+        upstream = names.CATCHER
+    try:
+        selector = matching.compile_selector(spec.pod_selector)
+    except matching.InvalidSelector as exc:
+        raise _Unresolved("InvalidSelector", f"spec.podSelector: {exc}") from exc
+    limit = spec.ratelimiting
+    view = snapshot.PolicyView(
+        key=key,
+        upstream=upstream,
+        credentials=None if login is None else login[0],
+        allowed_senders=list(spec.allowed_senders),
+        max_message_size=spec.max_message_size,
+        ratelimit=None if limit is None else snapshot.RateLimit(
+            maximum=limit.maximum, period_s=PERIOD_S[limit.period]),
+        retry=_retry(spec.retry),
+    )
+    return _Resolved(view=view, selector=selector, default=spec.default, login=login)
+
+
+# --- matching endpoints to policies -------------------------------------------------------
+
+
+class _Namespace:
+    """The resolved policies of one namespace, indexed by a label pair they require."""
+
+    def __init__(self, policies: list[_Resolved]) -> None:
+        self.indexed: dict[tuple[str, str], list[_Resolved]] = defaultdict(list)
+        self.unindexed: list[_Resolved] = []
+        for policy in policies:
+            terms = matching.index_terms(policy.selector)
+            if terms is None:
+                self.unindexed.append(policy)
+            else:
+                for term in terms:
+                    self.indexed[term].append(policy)
+
+    def candidates(self, labels: dict[str, str]) -> list[_Resolved]:
+        found = [p for p in self.unindexed if matching.matches(p.selector, labels)]
+        for term in labels.items():
+            found.extend(
+                p for p in self.indexed.get(term, ()) if matching.matches(p.selector, labels)
+            )
+        regular = [p for p in found if not p.default]
+        return regular or found
+
+
+def _rank(policy: _Resolved) -> tuple[int, str]:
+    """Smaller wins: more selector terms first, then the smaller key."""
+    return (-policy.selector.terms, policy.view.key)
+
+
+def _network(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        return None
+
+
+def _precedence(one: _Resolved, other: _Resolved) -> str:
+    first, second = sorted((one, other), key=_rank)
+    why = (
+        "more selector terms" if first.selector.terms != second.selector.terms
+        else "same number of selector terms, smaller name"
+    )
+    return f"{first.view.key} takes precedence over {second.view.key} ({why})"
+
+
+def _conflict_condition(
+    key: str, others: dict[str, set[str]], resolved: dict[str, _Resolved]
+) -> resources.Condition:
+    """One sentence per other policy: what both select and which one wins."""
+    parts = []
+    for other in sorted(others):
+        endpoints = sorted(others[other])
+        shown = ", ".join(endpoints[:MAX_CONFLICT_ENDPOINTS])
+        if len(endpoints) > MAX_CONFLICT_ENDPOINTS:
+            shown += f" and {len(endpoints) - MAX_CONFLICT_ENDPOINTS} more"
+        parts.append(f"{other} also selects {shown}: "
+                     f"{_precedence(resolved[key], resolved[other])}")
+    return resources.Condition(
+        type="Conflict", status="True", reason="OverlappingSelectors",
+        message="; ".join(parts),
+    )
+
+
+def _route(
+    resolved: dict[str, _Resolved], endpoints: list[Endpoint]
+) -> tuple[list[snapshot.Route], dict[str, dict[str, set[str]]]]:
+    """Routes, and conflicts: policy -> other policy -> sources of endpoints both select."""
+    by_namespace: dict[str, list[_Resolved]] = defaultdict(list)
+    for policy in resolved.values():
+        by_namespace[names.split_key(policy.view.key)[0]].append(policy)
+    indexes = {ns: _Namespace(policies) for ns, policies in by_namespace.items()}
+    routes: list[snapshot.Route] = []
+    conflicts: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for endpoint in endpoints:
+        index = indexes.get(endpoint.namespace)
+        if index is None:
+            continue
+        candidates = index.candidates(endpoint.labels)
+        if not candidates:
+            continue
+        chosen = min(candidates, key=_rank)
+        if len(candidates) > 1:
+            keys = {c.view.key for c in candidates}
+            for key in keys:
+                for other in keys - {key}:
+                    conflicts[key][other].add(endpoint.source)
+        for text in endpoint.networks:
+            network = _network(text)
+            if network is not None:
+                routes.append(snapshot.Route(
+                    network=network, policy=chosen.view.key, source=endpoint.source))
+    routes.sort(key=lambda r: (r.network, r.source, r.policy))
+    return routes, conflicts
+
+
+# --- the build ----------------------------------------------------------------------------
+
+_digest_encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def digest(snap: snapshot.PolicySnapshot) -> str:
+    """A hash of everything but ``generated_at`` and ``digest`` itself."""
+    content = (snap.policies, snap.upstreams, snap.routes, snap.source)
+    return hashlib.sha256(_digest_encoder.encode(content)).hexdigest()
+
+
+_Keyed = TypeVar("_Keyed", resources.SMTPServer, resources.Secret, resources.EmailPolicy)
+
+
+def _by_key(items: list[_Keyed]) -> dict[str, _Keyed]:
+    """Key -> item, in key order; a later duplicate replaces an earlier one."""
+    found = {resource_key(item.metadata): item for item in items}
+    return {key: found[key] for key in sorted(found)}
+
+
+def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
+    servers = _by_key(inputs.servers)
+    secrets = _by_key(inputs.secrets)
+    policies = _by_key(inputs.policies)
+    conditions: dict[str, list[resources.Condition]] = {}
+
+    resolved: dict[str, _Resolved] = {}
+    credentials: dict[str, snapshot.Credentials] = {}
+    for key, policy in policies.items():
+        try:
+            item = _resolve(policy, servers, secrets)
+        except _Unresolved as exc:
+            conditions[object_key("EmailPolicy", key)] = [_not_ready(exc.reason, exc.message)]
+            continue
+        resolved[key] = item
+        if item.login is not None:
+            credentials[item.login[0]] = item.login[1]
+
+    endpoints = sorted(inputs.endpoints, key=lambda e: e.source)
+    routes, conflicts = _route(resolved, endpoints)
+    for key, item in resolved.items():
+        ready = _ready("Resolved", f"delivers to {item.view.upstream}")
+        others = conflicts.get(key)
+        if others:
+            conflict = _conflict_condition(key, others, resolved)
+        else:
+            conflict = resources.Condition(
+                type="Conflict", status="False", reason="NoConflict",
+                message="no other policy selects the same endpoints",
+            )
+        conditions[object_key("EmailPolicy", key)] = [conflict, ready]
+
+    users: dict[str, list[str]] = defaultdict(list)
+    for item in resolved.values():
+        users[item.view.upstream].append(item.view.key)
+    for key in servers:
+        used = users.get(key, [])
+        conditions[object_key("SMTPServer", key)] = [_ready(
+            "Resolved",
+            f"used by {len(used)} ready polic{'y' if len(used) == 1 else 'ies'}",
+        )]
+
+    snap = snapshot.PolicySnapshot(
+        generated_at=now,
+        policies={key: item.view for key, item in resolved.items()},
+        upstreams={key: upstream_view(server) for key, server in servers.items()},
+        routes=routes,
+        source=source,
+    )
+    snap = msgspec.structs.replace(snap, digest=digest(snap))
+    return Build(
+        snapshot=snap,
+        credentials=dict(sorted(credentials.items())),
+        conditions=dict(sorted(conditions.items())),
+    )
+
