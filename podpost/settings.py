@@ -87,6 +87,12 @@ class DispatcherSettings(_Section, kw_only=True):
     """Deadline for each SMTP command to an upstream."""
     idle_connection_s: float = 30.0
     """Pooled upstream connections unused this long are closed."""
+    tls_ca_file: str | None = None
+    """Path of an extra PEM CA bundle (e.g. a company CA) trusted for upstream TLS, on top
+    of the system's CAs; unset: the system's CAs only."""
+    tls_verify: bool = True
+    """Verify upstream certificates and host names. Turning it off accepts any certificate
+    (a man in the middle too); only for a lab relay with a throwaway certificate."""
     discovery_interval_s: float = 2.0
     """How often the set of (upstream, policy) consumers is re-derived."""
     retry: RetrySettings = RetrySettings()
