@@ -92,7 +92,8 @@ async def publish(conn: bus.Conn, result: building.Build) -> Published:
     if current is not None and current[0] == snap.digest:
         revision, changed = current[1], False
     else:
-        revision = await policy_kv.put(conn.names.snapshot_key, snapshot.snapshot_encoder.encode(snap))
+        encoded = snapshot.snapshot_encoder.encode(snap)
+        revision = await policy_kv.put(conn.names.snapshot_key, encoded)
         changed = True
         log.info("reconciler.snapshot_published", revision=revision, source=snap.source,
                  policies=len(snap.policies), routes=len(snap.routes), digest=snap.digest[:12])

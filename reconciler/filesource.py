@@ -1,0 +1,146 @@
+"""The file source: watch one YAML file, build a snapshot whenever it changes, publish it.
+
+This is what ``podpost dev`` and cluster-less installations run. The file is polled (its
+mtime, size and a hash of its bytes, so an edit within one mtime tick is seen too) every
+``poll_interval_s``; changes arriving within ``debounce_s`` of each other are folded into
+one build, so an editor's write-then-rename is not built twice. A file that does not parse
+is logged (``reconciler.source_invalid``) and nothing is published: the last good snapshot
+stays in force. A failed publish (broker down) is retried on the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+import nats.errors
+import structlog
+
+from podpost import bus
+from podpost import settings as settings_mod
+from reconciler import building, documents, publishing
+
+log = structlog.get_logger("reconciler.filesource")
+
+PUBLISH_TIMEOUT_S = 10.0
+MAX_DEBOUNCE_ROUNDS = 20
+"""A file rewritten without pause is built after this many debounce rounds anyway."""
+
+
+class Fingerprint(msgspec.Struct, frozen=True):
+    mtime_ns: int
+    size: int
+    sha256: str
+
+
+MISSING = Fingerprint(-1, -1, "")
+
+
+class Read(msgspec.Struct, frozen=True):
+    fingerprint: Fingerprint
+    text: str | None = None
+    error: str | None = None
+
+
+def read(path: str) -> Read:
+    """The file's fingerprint and text, or why it cannot be read. A small local file:
+    read synchronously."""
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            raw = handle.read()
+    except FileNotFoundError:
+        return Read(MISSING, error=f"{path}: file not found")
+    except OSError as exc:
+        return Read(MISSING, error=f"{path}: cannot read: {exc.strerror or exc}")
+    fingerprint = Fingerprint(stat.st_mtime_ns, len(raw), hashlib.sha256(raw).hexdigest())
+    try:
+        return Read(fingerprint, text=raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return Read(fingerprint, error=f"{path}: not UTF-8 text (byte {exc.start})")
+
+
+def load(current: Read, *, path: str, now: datetime) -> building.Build:
+    """Parse and build; `documents.SourceError` when the file cannot be used."""
+    if current.text is None:
+        raise documents.SourceError(current.error or f"{path}: unreadable")
+    inputs = documents.parse(current.text, path=path)
+    return building.build(inputs, now=now, source=f"file:{path}")
+
+
+def _report(result: building.Build) -> None:
+    """There is no status subresource to write to: say what is not Ready, or in conflict."""
+    for obj, conditions in result.conditions.items():
+        for condition in conditions:
+            bad = (condition.type == "Ready" and condition.status != "True") or (
+                condition.type == "Conflict" and condition.status == "True")
+            if bad:
+                log.warning("reconciler.condition_reported", object=obj, type=condition.type,
+                            status=condition.status, reason=condition.reason,
+                            message=condition.message)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+async def _settled(path: str, first: Read, debounce_s: float, stop: asyncio.Event) -> Read:
+    """Re-read after ``debounce_s`` until the file stops changing (bounded)."""
+    current = first
+    for _ in range(MAX_DEBOUNCE_ROUNDS):
+        await _pause(stop, debounce_s)
+        if stop.is_set():
+            break
+        again = read(path)
+        if again.fingerprint == current.fingerprint and again.error == current.error:
+            break
+        current = again
+    return current
+
+
+async def run(
+    conn: bus.Conn,
+    rcfg: settings_mod.ReconcilerSettings,
+    stop: asyncio.Event,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> None:
+    """Poll, build on change, publish until it succeeds; return when ``stop`` is set."""
+    path = rcfg.file
+    seen: Read | None = None
+    pending: building.Build | None = None
+    while not stop.is_set():
+        current = read(path)
+        if seen is None or current.fingerprint != seen.fingerprint or current.error != seen.error:
+            if seen is not None:
+                current = await _settled(path, current, rcfg.debounce_s, stop)
+            seen = current
+            started = time.perf_counter()
+            try:
+                pending = load(current, path=path, now=clock())
+            except documents.SourceError as exc:
+                log.error("reconciler.source_invalid", path=path, error=str(exc))
+                pending = None
+            else:
+                log.info("reconciler.snapshot_built", source=pending.snapshot.source,
+                         build_ms=round((time.perf_counter() - started) * 1000, 1),
+                         policies=len(pending.snapshot.policies),
+                         routes=len(pending.snapshot.routes))
+                _report(pending)
+        if pending is not None and not stop.is_set():
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    await publishing.publish(conn, pending)
+                pending = None
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                log.warning("reconciler.publish_failed", error=str(exc) or type(exc).__name__)
+        await _pause(stop, rcfg.poll_interval_s)
