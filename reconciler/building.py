@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import ipaddress
+import re
 from collections import defaultdict
 from datetime import datetime
 from typing import TypeVar
@@ -276,9 +278,24 @@ def _rank(policy: _Resolved) -> tuple[int, str]:
     return (-policy.selector.terms, policy.view.key)
 
 
-def _network(text: str) -> str | None:
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_V4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
+"""A bare IPv4 address already written canonically (no leading zeros): the common case."""
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def network(text: str) -> str | None:
+    """A pod IP or CIDR as a normalized network (``10.0.0.7`` -> ``10.0.0.7/32``), or None.
+
+    Cached: consecutive builds see mostly the same pods, and parsing dominates the build."""
+    text = text.strip()
+    if _CANONICAL_V4.match(text):
+        return f"{text}/32"
     try:
-        return str(ipaddress.ip_network(text.strip(), strict=False))
+        if "/" not in text:
+            address = ipaddress.ip_address(text)
+            return f"{address}/{address.max_prefixlen}"
+        return str(ipaddress.ip_network(text, strict=False))
     except ValueError:
         return None
 
@@ -334,10 +351,10 @@ def _route(
                 for other in keys - {key}:
                     conflicts[key][other].add(endpoint.source)
         for text in endpoint.networks:
-            network = _network(text)
-            if network is not None:
+            normalized = network(text)
+            if normalized is not None:
                 routes.append(snapshot.Route(
-                    network=network, policy=chosen.view.key, source=endpoint.source))
+                    network=normalized, policy=chosen.view.key, source=endpoint.source))
     routes.sort(key=lambda r: (r.network, r.source, r.policy))
     return routes, conflicts
 
