@@ -5,8 +5,8 @@ The file holds the same documents as a cluster (``SMTPServer``, ``EmailPolicy``,
 source format"). Each document is decoded into the Structs of `schemas.resources`, which
 refuse unknown fields, so a typo is an error. An error names the file, the document (its
 number, kind and name) and the field: ``policies.yaml: document 3 (EmailPolicy dev/app):
-unknown field "podSelectr" at spec``. Messages never quote document content: a Secret's
-password must not reach a log through an error. Pure: no I/O.
+unknown field "podSelectr" at spec``. Messages never quote a Secret's values nor a YAML
+line, so a password cannot reach a log through an error. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ KINDS: dict[str, tuple[str, type[Any]]] = {
 }
 
 _AT_RE = re.compile(r" - at `\$\.?([^`]*)`$")
+_DURATION_RE = re.compile(r"^Expected `str` matching regex .*\(ms\|s\|m\|h\|d\)")
 _SCALAR_RE = re.compile(r'^expected "str", got "(int|float|bool)"')
 _FIELD_RE = re.compile(r"(unknown field|missing required field) `([^`]*)`")
 
@@ -62,7 +63,9 @@ def describe_validation(error: msgspec.ValidationError) -> str:
         path = found.group(1)
         text = text[: found.start()]
     field = _FIELD_RE.search(text)
-    if field:
+    if _DURATION_RE.search(text):
+        text = "expected a duration such as 90s, 5m, 1h7m or 5d"
+    elif field:
         text = f'{field.group(1)} "{field.group(2)}"'
     else:
         text = text.replace("`", '"')
