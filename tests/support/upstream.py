@@ -8,17 +8,24 @@ selects, like httpx's ``/status/<code>`` routes:
 - anything else is accepted and the message kept in ``messages``.
 
 ``flaky`` makes the next N deliveries answer 451 at DATA, then recover.
+
+The handler counts sessions: ``connections`` opened in all, ``active`` open now and
+``max_active`` at most at once. `AuthHandler` adds logins (PLAIN, LOGIN, CRAM-MD5) for a
+table of users; `Upstream.drop_connections` closes every open session, as an upstream
+that times idle clients out does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
+import secrets
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 _FAIL_RE = re.compile(r"^fail-(\d{3})@")
 _DATA_RE = re.compile(r"^data-(\d{3})@")
@@ -30,6 +37,8 @@ class Received:
     rcpt_to: list[str]
     data: bytes
     login: str | None = None
+    mail_options: list[str] = field(default_factory=list)
+    tls: bool = False
 
 
 @dataclass
@@ -41,6 +50,25 @@ class Handler:
     active: int = 0
     max_active: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    sessions: set[SMTP] = field(default_factory=set)
+    """The sessions open now."""
+    no_sessions: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while no session is open."""
+
+    def __post_init__(self) -> None:
+        self.no_sessions.set()
+
+    def session_opened(self, server: SMTP) -> None:
+        self.sessions.add(server)
+        self.active = len(self.sessions)
+        self.max_active = max(self.max_active, self.active)
+        self.no_sessions.clear()
+
+    def session_closed(self, server: SMTP) -> None:
+        self.sessions.discard(server)
+        self.active = len(self.sessions)
+        if not self.sessions:
+            self.no_sessions.set()
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -73,7 +101,10 @@ class Handler:
         login = session.login_data.decode() if isinstance(session.login_data, bytes) else (
             session.login_data if isinstance(session.login_data, str) else None)
         self.messages.append(
-            Received(mail_from=envelope.mail_from or "", rcpt_to=rcpts, data=data, login=login)
+            Received(mail_from=envelope.mail_from or "", rcpt_to=rcpts, data=data, login=login,
+                     mail_options=list(envelope.mail_options),
+                     tls=server.transport is not None
+                     and server.transport.get_extra_info("sslcontext") is not None)
         )
         self.arrived.set()
         return "250 2.0.0 OK test upstream"
@@ -88,6 +119,55 @@ class Handler:
 
 
 @dataclass
+class AuthHandler(Handler):
+    """A `Handler` that logs users in: pass ``authenticator=handler.authenticate`` to
+    `start` (PLAIN and LOGIN); CRAM-MD5 is offered by `auth_CRAM__MD5` itself."""
+
+    users: dict[str, str] = field(default_factory=dict)
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+        auth_data: Any,
+    ) -> AuthResult:
+        ok = (isinstance(auth_data, LoginPassword)
+              and self.users.get(auth_data.login.decode()) == auth_data.password.decode())
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+    async def auth_CRAM__MD5(self, server: SMTP, args: list[str]) -> AuthResult:
+        """RFC 2195: the client answers ``user hex(hmac_md5(password, challenge))``."""
+        challenge = f"<{secrets.token_hex(8)}@upstream.test>".encode()
+        answer = await server.challenge_auth(challenge)
+        if not isinstance(answer, bytes):  # challenge_auth has answered already
+            return AuthResult(success=False, handled=True)
+        if b" " not in answer:
+            return AuthResult(success=False, handled=False)
+        login, _, digest = answer.partition(b" ")
+        password = self.users.get(login.decode())
+        expected = (hmac.new(password.encode(), challenge, "md5").hexdigest().encode()
+                    if password is not None else b"")
+        if password is None or not hmac.compare_digest(digest, expected):
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=LoginPassword(login, b""))
+
+
+class _TrackedSMTP(SMTP):
+    """aiosmtpd's SMTP telling the handler when a session opens and closes (once each:
+    STARTTLS calls connection_made a second time, on the same session)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self.event_handler.session_opened(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self.event_handler.session_closed(self)
+
+
+@dataclass
 class Upstream:
     host: str
     port: int
@@ -98,9 +178,34 @@ class Upstream:
     def address(self) -> tuple[str, int]:
         return self.host, self.port
 
+    def drop_connections(self, *, abort: bool = False) -> int:
+        """Close every open session from the upstream's side (``abort``: reset it, which
+        also ends a session stuck in a failed TLS handshake); how many."""
+        sessions = list(self.handler.sessions)
+        for session in sessions:
+            for transport in (session.transport, session._original_transport):
+                if isinstance(transport, asyncio.Transport):
+                    transport.abort() if abort else transport.close()
+                    if not abort:
+                        break
+        return len(sessions)
+
     async def close(self) -> None:
+        """Stop listening and end the sessions still open (3.11's wait_closed does not
+        wait for them): reset them and cancel their handlers, bounded in time. Cancelling
+        matters for a session whose STARTTLS handshake failed: aiosmtpd never hears that
+        it was lost."""
         self.server.close()
         await self.server.wait_closed()
+        sessions = list(self.handler.sessions)
+        self.drop_connections(abort=True)
+        tasks = [s._handler_coroutine for s in sessions if s._handler_coroutine is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        for session in sessions:
+            self.handler.session_closed(session)
 
 
 async def start(
@@ -114,7 +219,7 @@ async def start(
 
     def factory() -> SMTP:
         handler.connections += 1
-        return SMTP(
+        return _TrackedSMTP(
             handler,
             hostname="upstream.test",
             tls_context=None if implicit_tls else tls_context,
