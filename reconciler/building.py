@@ -391,7 +391,11 @@ def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
         try:
             item = _resolve(policy, servers, secrets)
         except _Unresolved as exc:
-            conditions[object_key("EmailPolicy", key)] = [_not_ready(exc.reason, exc.message)]
+            conditions[object_key("EmailPolicy", key)] = [
+                resources.Condition(type="Conflict", status="False", reason="NotReady",
+                                    message="a policy that is not Ready selects nothing"),
+                _not_ready(exc.reason, exc.message),
+            ]
             continue
         resolved[key] = item
         if item.login is not None:

@@ -138,12 +138,20 @@ def parse(text: str, *, path: str) -> building.Inputs:
     secrets: list[resources.Secret] = []
     endpoints: list[building.Endpoint] = []
     seen: dict[tuple[str, str], int] = {}
+    claimed: dict[str, int] = {}
     for index, document in enumerate(documents, start=1):
         if document is None:
             continue
         decoded = _decode(index, document, path)
         if isinstance(decoded, building.Endpoint):
             identity = ("StaticSource", decoded.source.removeprefix("static:"))
+            for network in decoded.networks:
+                if network in claimed:
+                    raise SourceError(
+                        f"{path}: {_label(index, document)}: {network} is already claimed by "
+                        f"document {claimed[network]}; a client must have one identity"
+                    )
+                claimed[network] = index
             endpoints.append(decoded)
         else:
             assert isinstance(decoded, resources.SMTPServer | resources.EmailPolicy

@@ -5,7 +5,9 @@ mtime, size and a hash of its bytes, so an edit within one mtime tick is seen to
 ``poll_interval_s``; changes arriving within ``debounce_s`` of each other are folded into
 one build, so an editor's write-then-rename is not built twice. A file that does not parse
 is logged (``reconciler.source_invalid``) and nothing is published: the last good snapshot
-stays in force. A failed publish (broker down) is retried on the next poll.
+stays in force. A failed publish (broker down) is retried on the next poll, and every
+``RECHECK_S`` the last good build is published again, which writes only if the buckets no
+longer hold it (a broker that lost its store, a login deleted by hand).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from reconciler import building, documents, publishing
 log = structlog.get_logger("reconciler.filesource")
 
 PUBLISH_TIMEOUT_S = 10.0
+RECHECK_S = 30.0
 MAX_DEBOUNCE_ROUNDS = 20
 """A file rewritten without pause is built after this many debounce rounds anyway."""
 
@@ -113,12 +116,17 @@ async def run(
     stop: asyncio.Event,
     *,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    recheck_s: float = RECHECK_S,
 ) -> None:
     """Poll, build on change, publish until it succeeds; return when ``stop`` is set."""
     path = rcfg.file
     seen: Read | None = None
     pending: building.Build | None = None
+    good: building.Build | None = None
+    checked = time.monotonic()
     while not stop.is_set():
+        if pending is None and good is not None and time.monotonic() - checked >= recheck_s:
+            pending = good
         current = read(path)
         if seen is None or current.fingerprint != seen.fingerprint or current.error != seen.error:
             if seen is not None:
@@ -140,7 +148,7 @@ async def run(
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                     await publishing.publish(conn, pending)
-                pending = None
+                good, pending, checked = pending, None, time.monotonic()
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 log.warning("reconciler.publish_failed", error=str(exc) or type(exc).__name__)
         await _pause(stop, rcfg.poll_interval_s)

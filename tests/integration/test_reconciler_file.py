@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from podpost import bus, settings
-from reconciler import building, main, publishing
+from reconciler import building, filesource, main, publishing
 from schemas import snapshot
 
 PASSWORD = "planted-Pa55word-never-logged"
@@ -262,3 +262,27 @@ async def test_publish_compares_with_the_buckets_not_with_memory(conn: bus.Conn)
     assert (first.credentials_put, again.credentials_put, rotated.credentials_put) == (
         ["dev__login"], [], ["dev__login"])
     assert (await credential_keys(conn))["dev__login"].password == "two"
+
+
+async def test_lost_state_is_restored_from_the_last_good_build(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, policy_file: Path
+) -> None:
+    """A snapshot or login that vanished from the buckets (a broker that lost its store)
+    is written again on the periodic recheck, without a file change."""
+    write(policy_file, STATIC, SERVER, SECRET, SMTP_POLICY)
+    cfg = _settings(nats_settings, policy_file)
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(filesource.run(conn, cfg.reconciler, stop, recheck_s=0.2))
+        try:
+            _, first = await wait_for(conn, lambda s, r: True)
+            await (await bus.policy_kv(conn)).purge(conn.names.snapshot_key)
+            await (await bus.credentials_kv(conn)).purge("dev__login")
+            snap, _ = await wait_for(conn, lambda s, r: r > first)
+            assert "dev/app" in snap.policies
+            # logins are written before the snapshot that names them
+            assert set(await credential_keys(conn)) == {"dev__login"}
+        finally:
+            stop.set()
+        async with asyncio.timeout(5):
+            await task

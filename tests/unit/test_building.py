@@ -254,6 +254,7 @@ def test_unresolvable_policy_is_not_ready_and_left_out(
                    endpoints=[pod("p", "app", "10.0.0.1")], **inputs)
     ready = condition(result, "EmailPolicy:app/web")
     assert (ready.status, ready.reason) == ("False", reason)
+    assert condition(result, "EmailPolicy:app/web", "Conflict").status == "False"
     assert result.snapshot.policies == {}
     assert result.snapshot.routes == []
     assert result.credentials == {}

@@ -99,6 +99,9 @@ def test_empty_documents_are_skipped() -> None:
      '"kube-mail.helmich.me/v1alpha1"'),
     (("- just\n- a list\n",),
      "policies.yaml: document 1: a document must be a mapping with apiVersion and kind"),
+    ((STATIC, STATIC.replace("name: local", "name: other").replace("10.1.2.3/8", "10.0.0.0/8")),
+     "policies.yaml: document 2 (StaticSource dev/other): 10.0.0.0/8 is already claimed by "
+     "document 1"),
     ((POLICY, SERVER, POLICY),
      "policies.yaml: document 3 (EmailPolicy dev/app): EmailPolicy dev/app is already "
      "defined by document 1"),
