@@ -1,0 +1,145 @@
+"""What becomes of each recipient after one delivery attempt: the dispatcher's one decision.
+
+DESIGN.md's table, as a pure function from an `outcome.Outcome` (exceptions already turned
+into data by the sending layer) to one `Verdict` per group of recipients:
+
+- 2xx: delivered;
+- 4xx, and a session that failed to connect, negotiate TLS, answer in time or speak SMTP:
+  transient, retried after `backoff.delay_for` the mail's age;
+- 5xx (whatever stage said it, AUTH included): permanent, dead-lettered at once;
+- a mail that cannot be read back (``body``): dead, fate ``invalid``;
+- a transient failure of a mail older than the max queue age: dead, fate ``expired``.
+
+Recipients are judged one by one and grouped by their fate and reply, so accepted,
+permanently refused and temporarily refused recipients each get their own fate and none is
+sent twice on purpose. Sync, no clock: ``age_s`` is computed by the caller.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import msgspec
+
+from dispatcher import backoff
+from dispatcher import outcome as outcome_mod
+from schemas import snapshot
+
+
+class Fate(enum.StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+class DeadFate(enum.StrEnum):
+    """``DeadLetter.fate``: why a recipient will not be tried again."""
+
+    PERMANENT = "permanent"
+    EXPIRED = "expired"
+    INVALID = "invalid"
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """One group of recipients that share a fate and the upstream's reply."""
+
+    fate: Fate
+    rcpts: list[str]
+    dead_fate: DeadFate | None = None
+    """Set when ``fate`` is DEAD."""
+    code: int | None = None
+    reply: str = ""
+    reason: str = ""
+    delay_s: float = 0.0
+    """Set when ``fate`` is RETRY: seconds until the next attempt."""
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    attempt: int
+    """The number of the attempt judged (1 for the first); 0 when nothing was tried."""
+    verdicts: list[Verdict]
+
+    def of(self, fate: Fate) -> list[Verdict]:
+        return [v for v in self.verdicts if v.fate is fate]
+
+    def rcpts(self, fate: Fate) -> list[str]:
+        return [rcpt for v in self.of(fate) for rcpt in v.rcpts]
+
+    @property
+    def settled(self) -> bool:
+        """True when no recipient is left to retry: the message may be acked."""
+        return not self.of(Fate.RETRY)
+
+    @property
+    def delay_s(self) -> float:
+        """The redelivery delay of the message: the longest of its retry groups."""
+        return max((v.delay_s for v in self.of(Fate.RETRY)), default=0.0)
+
+
+class _Judged(msgspec.Struct, frozen=True):
+    fate: Fate
+    dead_fate: DeadFate | None
+    code: int | None
+    reply: str
+    reason: str
+
+
+def _judge(code: int | None, reply: str, failure: outcome_mod.Failure | None,
+           *, age_s: float, policy: snapshot.RetryPolicy) -> _Judged:
+    if failure == "body":
+        return _Judged(Fate.DEAD, DeadFate.INVALID, code, reply, "the mail cannot be read back")
+    if code is not None and 500 <= code < 600:
+        stage = f"{failure} " if failure else ""
+        return _Judged(Fate.DEAD, DeadFate.PERMANENT, code, reply, f"{stage}refused with {code}")
+    if failure is None and code is not None and 200 <= code < 300:
+        return _Judged(Fate.DELIVERED, None, code, reply, "accepted")
+    why = f"{failure} failure" if failure else (
+        f"deferred with {code}" if code is not None else "no verdict from the upstream")
+    if backoff.expired(age_s, policy):
+        return _Judged(Fate.DEAD, DeadFate.EXPIRED, code, reply,
+                       f"{why}, older than the max queue age {policy.max_age_s:g}s")
+    return _Judged(Fate.RETRY, None, code, reply, why)
+
+
+def classify(
+    result: outcome_mod.Outcome, rcpts: Sequence[str], *, attempt: int, age_s: float,
+    policy: snapshot.RetryPolicy,
+) -> Decision:
+    """Judge each of ``rcpts`` (the recipients this attempt was for) by ``result``.
+
+    A recipient's own RCPT/DATA reply decides its fate. Recipients without one share the
+    session's failure. While the session failed, a 2xx recorded for a recipient is not
+    taken as delivered: DATA may not have completed, and a retry is better than a loss."""
+    delay = backoff.delay_for(age_s, policy)
+    own = {r.rcpt: r for r in result.rcpts}
+    own_folded = {r.rcpt.lower(): r for r in result.rcpts}
+    groups: dict[_Judged, list[str]] = {}
+    for rcpt in rcpts:
+        mine = own.get(rcpt) or own_folded.get(rcpt.lower())
+        if mine is not None and not (result.failure and 200 <= mine.code < 300):
+            judged = _judge(mine.code, mine.reply, None, age_s=age_s, policy=policy)
+        else:
+            judged = _judge(result.code, result.reply, result.failure, age_s=age_s,
+                            policy=policy)
+        groups.setdefault(judged, []).append(rcpt)
+    verdicts = [
+        Verdict(fate=j.fate, rcpts=group, dead_fate=j.dead_fate, code=j.code, reply=j.reply,
+                reason=j.reason, delay_s=delay if j.fate is Fate.RETRY else 0.0)
+        for j, group in groups.items()
+    ]
+    return Decision(attempt=attempt, verdicts=verdicts)
+
+
+def hold(
+    rcpts: Sequence[str], *, age_s: float, policy: snapshot.RetryPolicy, delay_s: float,
+    reason: str,
+) -> Decision:
+    """Nothing could be tried (no snapshot yet, upstream or credentials unknown): try again
+    after ``delay_s`` without counting an attempt, unless the mail is past its max age."""
+    if backoff.expired(age_s, policy):
+        return Decision(attempt=0, verdicts=[Verdict(
+            fate=Fate.DEAD, rcpts=list(rcpts), dead_fate=DeadFate.EXPIRED,
+            reason=f"{reason}, older than the max queue age {policy.max_age_s:g}s")])
+    return Decision(attempt=0, verdicts=[
+        Verdict(fate=Fate.RETRY, rcpts=list(rcpts), delay_s=delay_s, reason=reason)])
