@@ -1,0 +1,192 @@
+"""The reconciler's mirror of the cluster: what the watches have told it so far.
+
+Each watched collection (pods, EmailPolicies, SMTPServers) and the referenced Secrets are
+kept here, decoded, keyed ``<namespace>/<name>``. Events and relists are applied with
+methods that say whether anything the builder reads actually changed, so a status update
+(our own, echoed back by the watch) or an unchanged resync does not cause a rebuild.
+`Inventory.inputs` hands the builder one consistent view. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+import msgspec
+
+from reconciler import building, kubeobjects
+from schemas import resources
+
+T = TypeVar("T", resources.EmailPolicy, resources.SMTPServer)
+
+
+class Invalid(msgspec.Struct, frozen=True, kw_only=True):
+    """An object the API holds but podpost cannot decode (stored before the CRD validated
+    it, or written against another schema). It is left out and its status says why."""
+
+    generation: int | None
+    error: str
+
+
+class Observed(msgspec.Struct, frozen=True, kw_only=True):
+    """What the API last showed of one custom resource's status, to patch only changes."""
+
+    generation: int | None
+    status: dict[str, object] | None
+
+
+class Pods:
+    """Pods as client identities; a pod that cannot send (no IP, finished) is simply absent."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, kubeobjects.PodRecord] = {}
+
+    def apply(self, kind: str, raw: bytes) -> bool:
+        pod = kubeobjects.pod_decoder.decode(raw)
+        name = kubeobjects.key(pod.metadata)
+        record = None if kind == "DELETED" else kubeobjects.pod_record(pod)
+        return self._put(name, record)
+
+    def _put(self, name: str, record: kubeobjects.PodRecord | None) -> bool:
+        if record is None:
+            return self.records.pop(name, None) is not None
+        if self.records.get(name) == record:
+            return False
+        self.records[name] = record
+        return True
+
+    def replace(self, raws: Iterable[bytes]) -> bool:
+        """A relist: the listed pods are all there is."""
+        fresh: dict[str, kubeobjects.PodRecord] = {}
+        for raw in raws:
+            pod = kubeobjects.pod_decoder.decode(raw)
+            record = kubeobjects.pod_record(pod)
+            if record is not None:
+                fresh[record.key] = record
+        changed = fresh != self.records
+        self.records = fresh
+        return changed
+
+
+class Resources(Generic[T]):
+    """One kind of custom resource: the decoded objects, the undecodable ones, and what
+    their status currently says."""
+
+    def __init__(self, tp: type[T]) -> None:
+        self.kind: str = tp.__name__
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(tp)
+        self.items: dict[str, T] = {}
+        self.invalid: dict[str, Invalid] = {}
+        self.observed: dict[str, Observed] = {}
+
+    def _decode(self, raw: bytes) -> tuple[str, T | Invalid, Observed]:
+        head = kubeobjects.head_decoder.decode(raw)
+        name = kubeobjects.key(head.metadata)
+        observed = Observed(generation=head.metadata.generation, status=head.status)
+        try:
+            return name, self._decoder.decode(raw), observed
+        except msgspec.ValidationError as exc:
+            return name, Invalid(generation=head.metadata.generation, error=str(exc)), observed
+
+    def _put(self, name: str, value: T | Invalid | None) -> bool:
+        before = self.items.get(name) or self.invalid.get(name)
+        self.items.pop(name, None)
+        self.invalid.pop(name, None)
+        if isinstance(value, Invalid):
+            self.invalid[name] = value
+        elif value is not None:
+            self.items[name] = value
+        return _essence(before) != _essence(value)
+
+    def apply(self, kind: str, raw: bytes) -> bool:
+        name, value, observed = self._decode(raw)
+        if kind == "DELETED":
+            self.observed.pop(name, None)
+            return self._put(name, None)
+        self.observed[name] = observed
+        return self._put(name, value)
+
+    def replace(self, raws: Iterable[bytes]) -> bool:
+        decoded = [self._decode(raw) for raw in raws]
+        changed = False
+        fresh = {name for name, _, _ in decoded}
+        for name in [n for n in (*self.items, *self.invalid) if n not in fresh]:
+            changed |= self._put(name, None)
+        self.observed = {}
+        for name, value, observed in decoded:
+            self.observed[name] = observed
+            changed |= self._put(name, value)
+        return changed
+
+
+def _essence(value: object) -> object:
+    """What the builder reads of an object: its spec (and name), not its status or
+    resourceVersion, so our own status patches do not trigger a rebuild."""
+    if isinstance(value, (resources.EmailPolicy, resources.SMTPServer)):
+        return (value.metadata.namespace, value.metadata.name, value.spec)
+    return value
+
+
+class Secrets:
+    """Only the Secrets policies reference, fetched by name. ``known`` holds every name
+    fetched at least once (found or not), so a new reference is read before a build."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, resources.Secret] = {}
+        self.known: set[str] = set()
+
+    def put(self, name: str, secret: resources.Secret | None) -> bool:
+        self.known.add(name)
+        before = self.items.get(name)
+        if secret is None:
+            self.items.pop(name, None)
+        else:
+            self.items[name] = secret
+        return _secret_essence(before) != _secret_essence(secret)
+
+    def forget(self, keep: set[str]) -> bool:
+        """Drop Secrets no policy references any more (they must not linger in memory)."""
+        gone = [name for name in self.known if name not in keep]
+        changed = False
+        for name in gone:
+            self.known.discard(name)
+            changed |= self.items.pop(name, None) is not None
+        return changed
+
+
+def _secret_essence(secret: resources.Secret | None) -> object:
+    if secret is None:
+        return None
+    return (secret.data, secret.string_data, secret.metadata.annotations)
+
+
+def secret_refs(policies: Iterable[resources.EmailPolicy]) -> set[str]:
+    """``ns/name`` of every Secret a policy names as credentials."""
+    refs: set[str] = set()
+    for policy in policies:
+        smtp = policy.spec.sink.smtp
+        if smtp is not None and smtp.credentials is not None:
+            namespace = smtp.credentials.namespace or policy.metadata.namespace
+            refs.add(f"{namespace}/{smtp.credentials.name}")
+    return refs
+
+
+class Inventory:
+    """Everything the kubernetes source knows; `inputs` is the builder's view of it."""
+
+    def __init__(self) -> None:
+        self.pods = Pods()
+        self.policies: Resources[resources.EmailPolicy] = Resources(resources.EmailPolicy)
+        self.servers: Resources[resources.SMTPServer] = Resources(resources.SMTPServer)
+        self.secrets = Secrets()
+
+    def secret_refs(self) -> set[str]:
+        return secret_refs(self.policies.items.values())
+
+    def inputs(self) -> building.Inputs:
+        return building.Inputs(
+            servers=[self.servers.items[k] for k in sorted(self.servers.items)],
+            policies=[self.policies.items[k] for k in sorted(self.policies.items)],
+            secrets=[self.secrets.items[k] for k in sorted(self.secrets.items)],
+            endpoints=kubeobjects.endpoints(self.pods.records.values()),
+        )

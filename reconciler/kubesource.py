@@ -1,0 +1,283 @@
+"""The kubernetes source: watch the cluster, build the snapshot, publish it, write statuses.
+
+Pods, EmailPolicies and SMTPServers are listed and watched (`reconciler.watching`) into
+one `reconciler.inventory.Inventory`; the Secrets that policies reference are read by name
+only (the reconciler needs ``get`` on Secrets, never list or watch) when first referenced
+and every ``secret_refresh_s`` after. Changes are debounced into one build with the pure
+builder, which only the Lease holder (`reconciler.leading`) publishes and turns into status
+patches. Nothing is built before every collection has been listed once, so a half-known
+cluster is never published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import aiohttp
+import msgspec
+import nats.errors
+import structlog
+
+from podpost import bus
+from podpost import settings as settings_mod
+from reconciler import (
+    building,
+    inventory,
+    kubeapi,
+    kubeobjects,
+    leading,
+    publishing,
+    statuses,
+    watching,
+)
+from schemas import resources
+
+log = structlog.get_logger("reconciler.kubesource")
+
+SOURCE = "kubernetes"
+TRANSIENT = (kubeapi.ApiError, aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError)
+"""Failures of one request; the next attempt may well succeed."""
+CYCLE_FAILURES = (*TRANSIENT, nats.errors.Error)
+"""What can fail a build-and-publish cycle (the broker too); the cycle is retried."""
+RETRY_AFTER_FAILURE_S = 1.0
+secret_decoder = msgspec.json.Decoder(resources.Secret)
+
+
+class _Stopping(Exception):
+    """Raised inside the task group once ``stop`` is set, to cancel the siblings."""
+
+
+async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout_s: float | None) -> None:
+    """Until ``event`` or ``stop`` is set, or ``timeout_s`` passed."""
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+class KubeSource:
+    """One running kubernetes source: the inventory, its watchers, the Lease, the loop."""
+
+    def __init__(self, cfg: settings_mod.Settings, conn: bus.Conn, api: kubeapi.Api) -> None:
+        self.cfg = cfg
+        self.rcfg = cfg.reconciler
+        self.conn = conn
+        self.api = api
+        self.inventory = inventory.Inventory()
+        self.changed = asyncio.Event()
+        self.builds = 0
+        namespace = self.rcfg.namespace or None
+        pod_params: dict[str, str] = {}
+        if self.rcfg.pod_label_selector:
+            pod_params["labelSelector"] = self.rcfg.pod_label_selector
+
+        def watcher(name: str, path: str, sink: watching.Sink,
+                    params: dict[str, str] | None = None) -> watching.Watcher:
+            return watching.Watcher(api, name=name, path=path, params=params or {}, sink=sink,
+                                    on_change=self.changed.set,
+                                    timeout_s=self.rcfg.watch_timeout_s)
+
+        self.watchers = [
+            watcher("pods", kubeapi.pods_path(namespace), self.inventory.pods, pod_params),
+            watcher("emailpolicies", kubeapi.custom_path("emailpolicies", namespace),
+                    self.inventory.policies),
+            watcher("smtpservers", kubeapi.custom_path("smtpservers", namespace),
+                    self.inventory.servers),
+        ]
+        self.leader = leading.Leader(
+            api,
+            name=self.rcfg.lease_name,
+            namespace=kubeapi.lease_namespace(self.rcfg),
+            identity=kubeapi.identity(self.rcfg),
+            duration_s=self.rcfg.lease_duration_s,
+            renew_deadline_s=self.rcfg.lease_renew_deadline_s,
+            retry_s=self.rcfg.lease_retry_s,
+            enabled=self.rcfg.leader_election,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``; then give the Lease up so a standby takes over at once."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for watcher in self.watchers:
+                    tg.create_task(watcher.run(stop), name=f"watch-{watcher.name}")
+                tg.create_task(self.leader.run(stop, self.changed.set), name="lease")
+                tg.create_task(self._refresh_secrets(stop), name="secrets")
+                tg.create_task(self._reconcile(stop), name="reconcile")
+                await stop.wait()
+                raise _Stopping
+        except* _Stopping:
+            pass
+        async with asyncio.timeout(self.rcfg.api_timeout_s):
+            await self.leader.release()
+        log.info("reconciler.source_stopped", source=SOURCE, builds=self.builds)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def _reconcile(self, stop: asyncio.Event) -> None:
+        for watcher in self.watchers:
+            await _wait(watcher.synced, stop, None)
+            if stop.is_set():
+                return
+        log.info("reconciler.cluster_synced", pods=len(self.inventory.pods.records),
+                 policies=len(self.inventory.policies.items),
+                 servers=len(self.inventory.servers.items))
+        self.changed.set()
+        while not stop.is_set():
+            await _wait(self.changed, stop, None)
+            await _pause(stop, self.rcfg.debounce_s)
+            if stop.is_set():
+                return
+            self.changed.clear()
+            if not self.leader.leading:
+                continue
+            failed = False
+            try:
+                await self.cycle()
+            except* CYCLE_FAILURES as group:
+                failed = True
+                log.warning("reconciler.cycle_failed",
+                            error="; ".join(str(e) or type(e).__name__ for e in group.exceptions))
+            if failed:
+                await _pause(stop, RETRY_AFTER_FAILURE_S)
+                self.changed.set()
+
+    async def cycle(self) -> None:
+        """Read new Secret references, build, publish (leader only), write statuses."""
+        refs = self.inventory.secret_refs()
+        self.inventory.secrets.forget(refs)
+        await self._fetch_secrets(sorted(refs - self.inventory.secrets.known), strict=True)
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        result = building.build(self.inventory.inputs(), now=now, source=SOURCE)
+        built_ms = (time.perf_counter() - started) * 1000
+        self.builds += 1
+        remaining = self.leader.remaining()
+        if remaining <= 0:
+            log.warning("reconciler.publish_skipped", reason="not the leader")
+            return
+        async with asyncio.timeout(min(remaining, self.rcfg.api_timeout_s * 3)):
+            await publishing.publish(self.conn, result)
+        log.info("reconciler.snapshot_built", source=SOURCE, build_ms=round(built_ms, 1),
+                 policies=len(result.snapshot.policies), routes=len(result.snapshot.routes))
+        if not self.leader.leading:
+            return  # lost the Lease while publishing: the new leader writes statuses
+        patches = statuses.plan(
+            result.conditions, result.snapshot,
+            observed={"EmailPolicy": self.inventory.policies.observed,
+                      "SMTPServer": self.inventory.servers.observed},
+            invalid={"EmailPolicy": self.inventory.policies.invalid,
+                     "SMTPServer": self.inventory.servers.invalid},
+            now=now,
+        )
+        await self._write_statuses(patches)
+
+    # --- Secrets ------------------------------------------------------------------------
+
+    async def _fetch_secrets(self, names: list[str], *, strict: bool) -> bool:
+        """GET each Secret by name; True when any changed. ``strict``: a failed read
+        fails the cycle (rather than building as if the Secret were missing)."""
+        limit = asyncio.Semaphore(self.rcfg.status_concurrency)
+        changed = False
+
+        async def fetch(name: str) -> None:
+            nonlocal changed
+            namespace, _, secret = name.partition("/")
+            async with limit:
+                try:
+                    raw = await self.api.get(kubeapi.secret_path(namespace, secret))
+                except kubeapi.ApiError as exc:
+                    if exc.status != 403:
+                        raise
+                    log.warning("reconciler.secret_forbidden", secret=name)
+                    raw = None
+            value = None if raw is None else secret_decoder.decode(raw)
+            changed |= self.inventory.secrets.put(name, value)
+
+        async def guarded(name: str) -> None:
+            try:
+                await fetch(name)
+            except TRANSIENT as exc:
+                if strict:
+                    raise
+                log.warning("reconciler.secret_fetch_failed", secret=name,
+                            error=str(exc) or type(exc).__name__)
+
+        async with asyncio.TaskGroup() as tg:
+            for name in names:
+                tg.create_task(guarded(name))
+        return changed
+
+    async def _refresh_secrets(self, stop: asyncio.Event) -> None:
+        """Re-read every referenced Secret periodically (rotated passwords)."""
+        while not stop.is_set():
+            await _pause(stop, self.rcfg.secret_refresh_s)
+            if stop.is_set() or not self.leader.leading:
+                continue
+            refs = sorted(self.inventory.secret_refs())
+            if await self._fetch_secrets(refs, strict=False):
+                log.info("reconciler.secrets_changed", secrets=len(refs))
+                self.changed.set()
+
+    # --- statuses -----------------------------------------------------------------------
+
+    async def _write_statuses(self, patches: list[statuses.Patch]) -> None:
+        limit = asyncio.Semaphore(self.rcfg.status_concurrency)
+
+        async def write(patch: statuses.Patch) -> None:
+            path = kubeapi.custom_path(patch.plural, patch.namespace, patch.name, "status")
+            async with limit:
+                try:
+                    raw = await self.api.patch(path, patch.body)
+                except kubeapi.ApiError as exc:
+                    if exc.status != 404:  # deleted meanwhile: nothing to say
+                        log.warning("reconciler.status_failed", kind=patch.kind,
+                                    resource=f"{patch.namespace}/{patch.name}",
+                                    error=str(exc))
+                    return
+            head = kubeobjects.head_decoder.decode(raw)
+            store = (self.inventory.policies if patch.kind == "EmailPolicy"
+                     else self.inventory.servers)
+            key = f"{patch.namespace}/{patch.name}"
+            if key in store.observed:
+                store.observed[key] = inventory.Observed(
+                    generation=head.metadata.generation, status=head.status)
+            log.debug("reconciler.status_patched", kind=patch.kind, resource=key)
+
+        async def guarded(patch: statuses.Patch) -> None:
+            try:
+                await write(patch)
+            except TRANSIENT as exc:
+                log.warning("reconciler.status_failed", kind=patch.kind,
+                            resource=f"{patch.namespace}/{patch.name}",
+                            error=str(exc) or type(exc).__name__)
+
+        async with asyncio.TaskGroup() as tg:
+            for patch in patches:
+                tg.create_task(guarded(patch))
+        if patches:
+            log.info("reconciler.statuses_written", patches=len(patches))
+
+
+async def run(cfg: settings_mod.Settings, conn: bus.Conn, stop: asyncio.Event) -> None:
+    """The kubernetes source on an open bus connection, until ``stop``."""
+    async with kubeapi.connect(cfg.reconciler) as api:
+        await KubeSource(cfg, conn, api).run(stop)
+
+
+async def serve(cfg: settings_mod.Settings, stop: asyncio.Event) -> None:
+    """The reconciler with the kubernetes source: connect, run until ``stop``."""
+    async with bus.connect(cfg.nats, "reconciler") as conn:
+        await run(cfg, conn, stop)
