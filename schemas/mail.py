@@ -62,6 +62,9 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     last_reply: str = ""
     done: list[str] = []
     """Recipients already settled (delivered or dead-lettered): never sent again."""
+    dead: list[str] = []
+    """The recipients of ``done`` that were dead-lettered: while there are any, the body
+    object is kept for their replay."""
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
