@@ -286,3 +286,36 @@ async def test_lost_state_is_restored_from_the_last_good_build(
             stop.set()
         async with asyncio.timeout(5):
             await task
+
+
+async def test_rapid_writes_fold_into_one_build(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, policy_file: Path
+) -> None:
+    """Writes within the debounce window are built once, from the last of them."""
+    cfg = _settings(nats_settings, policy_file, debounce_s=0.3)
+    with structlog.testing.capture_logs() as logs:
+        async with running(cfg):
+            _, first = await wait_for(conn, lambda s, r: True)
+            for network in ("10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"):
+                write(policy_file, STATIC.replace("::1/128", network), CATCHER_POLICY)
+                await asyncio.sleep(0.05)
+            snap, _ = await wait_for(conn, lambda s, r: r > first)
+            await asyncio.sleep(0.4)
+    assert "10.3.0.0/16" in {r.network for r in snap.routes}
+    assert count(logs, "reconciler.snapshot_built") == 2
+    assert count(logs, "reconciler.snapshot_published") == 2
+
+
+async def test_missing_file_is_reported_then_picked_up(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, tmp_path: Path
+) -> None:
+    """A file that does not exist yet is logged as invalid, and used once it appears."""
+    path = tmp_path / "later.yaml"
+    with structlog.testing.capture_logs() as logs:
+        async with running(_settings(nats_settings, path)):
+            await until(lambda: count(logs, "reconciler.source_invalid") == 1)
+            assert await stored(conn) is None
+            write(path, STATIC, CATCHER_POLICY)
+            await wait_for(conn, lambda s, r: "dev/app" in s.policies)
+    [invalid] = [e for e in logs if e["event"] == "reconciler.source_invalid"]
+    assert invalid["error"] == f"{path}: file not found"
