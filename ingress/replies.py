@@ -70,6 +70,12 @@ _BUILTIN: dict[str, Builtin] = {
 }
 
 
+_UNRECOGNIZED = Builtin("500 5.5.1 Command not recognized")
+
+
 def builtin(status: str) -> Builtin | None:
-    """Our form of one of aiosmtpd's fixed replies, or None when ``status`` is not one."""
+    """Our form of one of aiosmtpd's fixed replies, or None when ``status`` is not one.
+    An unrecognized command is not echoed back: it may hold any bytes a client sent."""
+    if status.startswith('500 Error: command "') and status.endswith('" not recognized'):
+        return _UNRECOGNIZED
     return _BUILTIN.get(status)

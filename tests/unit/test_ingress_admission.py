@@ -134,6 +134,7 @@ def test_at_data_without_allowed_senders_ignores_from() -> None:
         ("552 Error: Too much mail data", replies.TOO_BIG, "data"),
         ("500 Command line too long", "500 5.5.2 Command line too long", ""),
         ("500 Line too long (see RFC5321 4.5.3.1.6)", "500 5.5.2 Line too long", ""),
+        ('500 Error: command "\x00\x01" not recognized', "500 5.5.1 Command not recognized", ""),
     ],
 )
 def test_aiosmtpd_builtin_replies_get_enhanced_codes(status: str, reply: str, stage: str) -> None:

@@ -1,0 +1,220 @@
+"""The aiosmtpd handler: the shell that asks `admission` at MAIL, RCPT and DATA and, once a
+message is admitted, names it, adds its trace headers and publishes it.
+
+Every refusal is answered with the reply `admission` chose, logged once as
+``ingress.mail_rejected`` and emitted as a ``Rejected`` event; every success is logged as
+``ingress.mail_accepted`` and emitted as ``Accepted``. Log context is cleared and bound per
+transaction (``peer``, then ``policy`` and ``mail_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from ingress import admission, headers, mailid, publishing, replies, routing
+from podpost import bus, eventing, policies
+from podpost import settings as settings_mod
+from schemas import events, mail
+from schemas import snapshot as snapshot_mod
+
+log = structlog.get_logger("ingress.handler")
+
+EMIT_TIMEOUT_S = 1.0
+"""Events are observability: a broker that cannot take one in a second loses it."""
+
+
+class Transaction(Envelope):
+    """aiosmtpd's envelope plus what MAIL admitted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admitted: admission.Admitted | None = None
+
+
+def peer_ip(session: Session) -> str:
+    """The client's address as text; aiosmtpd keeps the socket's peername tuple."""
+    peer: Any = session.peer
+    if isinstance(peer, tuple) and peer:
+        host = str(peer[0])
+    else:
+        host = str(peer or "")
+    address = routing.parse_ip(host)
+    return str(address) if address is not None else host
+
+
+def _utf8(address: str) -> bool:
+    """aiosmtpd decodes arguments with surrogateescape; refuse what is not UTF-8."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class Handler:
+    def __init__(
+        self,
+        conn: bus.Conn,
+        cfg: settings_mod.IngressSettings,
+        holder: policies.SnapshotHolder,
+        hostname: str,
+    ) -> None:
+        self._conn = conn
+        self._cfg = cfg
+        self._holder = holder
+        self._hostname = hostname
+        self._index: routing.Index | None = None
+        self._index_revision = -1
+
+    def _current(self) -> tuple[snapshot_mod.PolicySnapshot | None, routing.Index | None]:
+        """The snapshot and its route index, rebuilt once per revision."""
+        snap = self._holder.current
+        if snap is None:
+            return None, None
+        if self._index is None or self._holder.revision != self._index_revision:
+            self._index = routing.build(snap.routes)
+            self._index_revision = self._holder.revision
+            if self._index.invalid:
+                log.warning("ingress.routes_ignored", revision=self._index_revision,
+                            networks=list(self._index.invalid))
+        return snap, self._index
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Transaction, address: str,
+        mail_options: list[str],
+    ) -> str:
+        ip = peer_ip(session)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(peer=ip)
+        if not _utf8(address):
+            return replies.BAD_ADDRESS
+        snap, index = self._current()
+        verdict = admission.at_mail(
+            snap, index, ip, address,
+            declared=admission.declared_size(mail_options),
+            global_limit=self._cfg.max_message_size,
+        )
+        if isinstance(verdict, admission.Refusal):
+            await self.reject(verdict, ip=ip, mail_from=address)
+            return verdict.reply
+        structlog.contextvars.bind_contextvars(policy=verdict.policy.key)
+        envelope.admitted = verdict
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        # aiosmtpd stops reading DATA past this; the server resets it after the transaction.
+        server.data_size_limit = verdict.size_limit
+        return replies.MAIL_OK
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Transaction, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if not _utf8(address):
+            return replies.BAD_ADDRESS
+        if address in envelope.rcpt_tos:
+            return replies.RCPT_OK
+        refusal = admission.at_rcpt(len(envelope.rcpt_tos), self._cfg.max_recipients)
+        if refusal is not None:
+            await self.reject(refusal, ip=peer_ip(session), mail_from=envelope.mail_from or "",
+                              admitted=envelope.admitted)
+            return refusal.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RCPT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Transaction) -> str:
+        ip = peer_ip(session)
+        admitted = envelope.admitted
+        data = envelope.original_content or b""
+        mail_from = envelope.mail_from or ""
+        if admitted is None:  # aiosmtpd only reaches DATA after our MAIL admitted it
+            return replies.INTERNAL_ERROR
+        refusal = admission.at_data(admitted, data)
+        if refusal is not None:
+            await self.reject(refusal, ip=ip, mail_from=mail_from, admitted=admitted)
+            return refusal.reply
+        now = datetime.now(UTC)
+        mail_id = mailid.compute(mail_from, envelope.rcpt_tos, data)
+        structlog.contextvars.bind_contextvars(mail_id=mail_id)
+        smtputf8 = bool(envelope.smtp_utf8)
+        trace = headers.Trace(
+            helo=session.host_name or "", ip=ip, source=admitted.route.source,
+            hostname=self._hostname, mail_id=mail_id, rcpt_to=list(envelope.rcpt_tos), at=now,
+            protocol=headers.protocol(extended=session.extended_smtp, smtputf8=smtputf8,
+                                      tls=session.ssl is not None),
+        )
+        message = headers.prefix(data, trace) + data
+        policy = admitted.policy
+        draft = mail.Envelope(
+            id=mail_id, policy=policy.key, upstream=policy.upstream, mail_from=mail_from,
+            rcpt_to=list(envelope.rcpt_tos), received_at=now, size=len(message),
+            client_ip=ip, source=admitted.route.source, helo=session.host_name or "",
+            smtputf8=smtputf8,
+        )
+        try:
+            ack = await publishing.publish(
+                self._conn, draft, message, inline_limit=self._cfg.inline_limit,
+                timeout_s=self._cfg.publish_timeout_s,
+            )
+        except publishing.PublishFailed as exc:
+            refusal = admission.Refusal(reply=replies.BROKER_DOWN, stage="data")
+            await self.reject(refusal, ip=ip, mail_from=mail_from, admitted=admitted,
+                              mail_id=mail_id, error=str(exc))
+            return refusal.reply
+        duplicate = bool(ack.duplicate)
+        reply = replies.queued(mail_id)
+        log.info("ingress.mail_accepted", upstream=policy.upstream, size=len(message),
+                 rcpt_count=len(envelope.rcpt_tos), duplicate=duplicate, seq=ack.seq,
+                 inline=len(message) <= self._cfg.inline_limit, smtp_code=250)
+        await self._emit(events.Accepted(
+            mail_id=mail_id, at=now, policy=policy.key, upstream=policy.upstream,
+            mail_from=mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(message),
+            client_ip=ip, duplicate=duplicate,
+        ))
+        return reply
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's last resort for a bug in a hook: log it, let the client retry."""
+        log.error("ingress.command_failed", error=repr(error), exc_info=error)
+        return replies.INTERNAL_ERROR
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    async def reject(
+        self,
+        refusal: admission.Refusal,
+        *,
+        ip: str,
+        mail_from: str,
+        admitted: admission.Admitted | None = None,
+        mail_id: str = "",
+        error: str | None = None,
+    ) -> None:
+        """Log and emit one refusal; the caller sends the reply."""
+        view = refusal.policy or (admitted.policy if admitted is not None else None)
+        policy = view.key if view is not None else ""
+        upstream = view.upstream if view is not None else ""
+        fields: dict[str, Any] = {}
+        if error is not None:
+            fields["error"] = error
+        log.info("ingress.mail_rejected", smtp_code=refusal.code, reply=refusal.reply,
+                 stage=refusal.stage, client_ip=ip, mail_from=mail_from, policy=policy,
+                 **fields)
+        await self._emit(events.Rejected(
+            mail_id=mail_id, at=datetime.now(UTC), policy=policy, upstream=upstream,
+            code=refusal.code, reply=refusal.reply, client_ip=ip, stage=refusal.stage,
+        ))
+
+    async def _emit(self, event: events.AnyEvent) -> None:
+        try:
+            async with asyncio.timeout(EMIT_TIMEOUT_S):
+                await eventing.emit(self._conn, event)
+        except TimeoutError:
+            log.warning("ingress.event_dropped", kind=events.kind_of(event))

@@ -1,0 +1,81 @@
+"""Persist one accepted mail on the bus before the client hears ``250``.
+
+The envelope goes to the MAIL stream with ``Nats-Msg-Id`` = the mail id, and only a PubAck
+counts: any broker error or a PubAck later than the deadline becomes `PublishFailed`,
+which the handler answers with ``451``. A body over the inline limit (or one whose
+envelope would not fit the server's max payload) goes to the BODIES object store first,
+under the mail id. An object, once written, is never rewritten: a retried transaction
+reuses it, so every envelope naming an object agrees with its size and digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import PubAck
+
+from podpost import bus
+from schemas import mail
+
+log = structlog.get_logger("ingress.publishing")
+
+_BYTES_PER_S = 2 * 1024 * 1024
+"""The object-store deadline grows with the body at this (pessimistic) rate."""
+
+
+class PublishFailed(Exception):
+    """The mail could not be persisted in time; nothing may be promised to the client."""
+
+
+def _sha256_hex(digest: str | None) -> str:
+    """``SHA-256=<base64url>`` (the object store's form) -> lower-case hex."""
+    if not digest:
+        return ""
+    _, _, encoded = digest.partition("=")
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).hex()
+
+
+async def _store_body(conn: bus.Conn, name: str, message: bytes) -> mail.BodyRef:
+    store = await bus.bodies(conn)
+    try:
+        info = await store.get_info(name)
+    except nats.js.errors.NotFoundError:
+        pass
+    else:
+        if info.size is not None and info.digest:
+            log.debug("ingress.body_reused", size=info.size)
+            return mail.BodyRef(name=name, size=info.size, sha256=_sha256_hex(info.digest))
+    await store.put(name, message)
+    return mail.BodyRef(name=name, size=len(message),
+                        sha256=hashlib.sha256(message).hexdigest())
+
+
+async def publish(
+    conn: bus.Conn,
+    envelope: mail.Envelope,
+    message: bytes,
+    *,
+    inline_limit: int,
+    timeout_s: float,
+) -> PubAck:
+    """Store ``message`` with ``envelope`` (whose body fields are unset); the PubAck."""
+    subject = conn.names.mail_subject(envelope.upstream, envelope.policy)
+    headers = {"Nats-Msg-Id": envelope.id}
+    try:
+        payload = b""
+        if len(message) <= inline_limit:
+            payload = mail.envelope_encoder.encode(msgspec.structs.replace(envelope, body=message))
+        if not payload or len(payload) > conn.nc.max_payload:
+            async with asyncio.timeout(timeout_s + len(message) / _BYTES_PER_S):
+                ref = await _store_body(conn, envelope.id, message)
+            payload = mail.envelope_encoder.encode(msgspec.structs.replace(envelope, body_ref=ref))
+        async with asyncio.timeout(timeout_s):
+            return await conn.js.publish(subject, payload, timeout=timeout_s, headers=headers)
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise PublishFailed(str(exc) or type(exc).__name__) from exc

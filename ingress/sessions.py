@@ -1,0 +1,190 @@
+"""SMTP sessions: aiosmtpd's protocol, counted, capped and drained.
+
+On Python 3.11 ``Server.wait_closed()`` does not wait for open connections, so the ingress
+keeps its own set of live sessions: beyond ``max_sessions`` a new connection gets ``421``
+and is closed. On stop, idle sessions get ``421`` at once, sessions inside a transaction
+may finish it (they get ``421`` right after its reply) within the grace period, and the
+rest are closed; then the ingress waits for aiosmtpd's per-session tasks to end, so none
+is left behind.
+
+`IngressSMTP` also turns aiosmtpd's own fixed replies into ours (`replies.builtin`), and
+reports the ones that refuse a transaction (a ``552`` for size) like any other refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP
+
+from ingress import admission, replies
+from ingress import handler as handler_mod
+
+log = structlog.get_logger("ingress.sessions")
+
+TASK_WAIT_S = 2.0
+"""After closing a connection, how long its session task may take to notice."""
+
+
+class Sessions:
+    """The live sessions of one listener."""
+
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self.draining = False
+        self._live: set[IngressSMTP] = set()
+        self._ending: set[asyncio.Task[Any]] = set()
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def accepts(self) -> bool:
+        return not self.draining and len(self._live) < self.max_sessions
+
+    def add(self, session: IngressSMTP) -> None:
+        self._live.add(session)
+
+    def discard(self, session: IngressSMTP, task: asyncio.Task[Any] | None) -> None:
+        self._live.discard(session)
+        if task is not None and not task.done():
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+        self._changed.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Let transactions finish within ``grace_s``, then close what is left."""
+        self.draining = True
+        for session in list(self._live):
+            if session.idle:
+                session.close_with(replies.SHUTTING_DOWN)
+        try:
+            async with asyncio.timeout(grace_s):
+                while self._live:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            log.warning("ingress.sessions_cut", sessions=len(self._live))
+        for session in list(self._live):
+            session.close_with(replies.SHUTTING_DOWN)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TASK_WAIT_S):
+                while self._live:  # close() reports connection_lost on the next loop turns
+                    self._changed.clear()
+                    await self._changed.wait()
+        tasks = set(self._ending)
+        if tasks:
+            await asyncio.wait(tasks, timeout=TASK_WAIT_S)
+
+
+class Refuser(asyncio.Protocol):
+    """Says ``421`` to a connection beyond the cap, then closes it."""
+
+    def __init__(self, reply: str) -> None:
+        self._reply = reply
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        log.warning("ingress.session_refused", peer=str(transport.get_extra_info("peername")),
+                    reply=self._reply)
+        transport.write(self._reply.encode("ascii") + b"\r\n")
+        transport.close()
+
+
+class IngressSMTP(SMTP):
+    """aiosmtpd's SMTP protocol with session tracking, our replies and a per-transaction
+    size limit that falls back to the global one after each transaction."""
+
+    def __init__(
+        self, handler: handler_mod.Handler, sessions: Sessions, **kwargs: Any
+    ) -> None:
+        # aiosmtpd keeps these limits in a class-level dict that every new session clears
+        # and every EHLO raises; one dict per session keeps sessions apart.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        super().__init__(handler, **kwargs)
+        self._handler = handler
+        self._sessions = sessions
+        self._global_limit: int = self.data_size_limit or 0
+        self._peer = ""
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Runs in its own copy of the context, which aiosmtpd's session task inherits.
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(peer=self._peer)
+        log.debug("ingress.session_opened", sessions=len(self._sessions))
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self._sessions.discard(self, self._handler_coroutine)
+        structlog.contextvars.clear_contextvars()  # this callback's own context copy
+        log.debug("ingress.session_closed", peer=self._peer, sessions=len(self._sessions))
+
+    async def _handle_client(self) -> None:
+        """aiosmtpd's session loop; a dropped connection ends it quietly, and nothing a
+        client sends may end it with an unhandled exception."""
+        try:
+            await super()._handle_client()
+        except ConnectionError:
+            log.debug("ingress.session_dropped")
+        except Exception as exc:  # the edge of a session task: log, never crash the server
+            log.error("ingress.session_failed", error=repr(exc), exc_info=exc)
+            if self.transport is not None:
+                self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        """Not inside a transaction (no sender accepted yet)."""
+        return self.envelope is None or self.envelope.mail_from is None
+
+    def close_with(self, reply: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(reply.encode("ascii") + b"\r\n")
+        transport.close()
+
+    # -- aiosmtpd overrides ----------------------------------------------------------------
+
+    def _create_envelope(self) -> handler_mod.Transaction:
+        return handler_mod.Transaction()
+
+    def _set_post_data_state(self) -> None:
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+        self.data_size_limit = self._global_limit
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, bytes):  # only AUTH challenges, which we never offer
+            await super().push(status)
+            return
+        known = replies.builtin(status)
+        if known is not None:
+            if known.reply == replies.TOO_BIG:
+                known = replies.Builtin(
+                    replies.too_big(self.data_size_limit or self._global_limit), known.stage)
+            if known.stage:
+                await self._report_builtin(known)
+            status = known.reply
+        await super().push(status)
+        final = status[3:4] != "-"
+        if self._sessions.draining and final and self.idle:
+            self.close_with(replies.SHUTTING_DOWN)
+
+    async def _report_builtin(self, known: replies.Builtin) -> None:
+        envelope = self.envelope
+        admitted = envelope.admitted if isinstance(envelope, handler_mod.Transaction) else None
+        mail_from = (envelope.mail_from if envelope is not None else None) or ""
+        assert self.session is not None
+        await self._handler.reject(
+            admission.Refusal(reply=known.reply, stage=known.stage),
+            ip=handler_mod.peer_ip(self.session), mail_from=mail_from, admitted=admitted,
+        )
