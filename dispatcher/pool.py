@@ -1,0 +1,283 @@
+"""Pooled SMTP sessions per upstream, so a busy upstream is not re-dialled, re-TLS'd and
+re-authenticated for every mail, and never gets more connections than it allows.
+
+The whole API the worker needs::
+
+    async with pool.Pool(cfg.dispatcher) as smtp_pool:    # close() on exit
+        tg.create_task(smtp_pool.run(stop))               # closes idle sessions on time
+        outcome = await smtp_pool.deliver(upstream_view, creds, mail_from, rcpts, data)
+
+`Pool.deliver` never raises for SMTP trouble: it returns an `outcome.Outcome` (with
+``elapsed_s`` set), as `sending` does.
+
+- **Keys.** Idle sessions are kept per upstream key *and* login (a hash of username and
+  password) *and* the upstream's address (host, port, connect mode, authType), so two
+  logins never share a session and a snapshot that moved the upstream gets new ones.
+- **Cap.** At most ``UpstreamView.max_connections`` (else ``cfg.max_connections``) open
+  sessions per upstream, idle ones included. A delivery waits for a slot (a semaphore);
+  waiting is not an error. When the upstream is at its cap and the idle session belongs
+  to another login, that one is closed to make room. A changed cap applies to deliveries
+  that start after the change.
+- **Reuse.** The most recently used idle session is taken first, so surplus ones age out.
+  A session the upstream closed while idle is noticed and replaced; if one dies under us
+  before DATA, the mail is tried once more on a newly opened session: the upstream has
+  none of it, so this cannot duplicate it. After DATA started nothing is retried here.
+- **Idle.** Sessions idle longer than ``cfg.idle_connection_s`` are closed when the next
+  delivery looks at that upstream, and by `Pool.run` for upstreams nobody is using.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import msgspec
+import structlog
+
+from dispatcher import sending
+from dispatcher.outcome import Outcome
+from podpost import settings
+from schemas import snapshot
+
+log = structlog.get_logger("dispatcher.pool")
+
+_Identity = tuple[str, int, str, str, str]
+"""(host, port, connect, authType, login hash): what an open session is bound to."""
+
+
+def _identity(upstream: snapshot.UpstreamView, creds: snapshot.Credentials | None) -> _Identity:
+    login = "" if creds is None else hashlib.sha256(
+        f"{creds.username}\0{creds.password}".encode()).hexdigest()
+    return upstream.host, upstream.port, upstream.connect, upstream.auth_type.upper(), login
+
+
+def _take(
+    state: _Upstream, matches: Callable[[_Identity, sending.Connection], bool]
+) -> list[sending.Connection]:
+    """Remove the idle sessions that match, and uncount them."""
+    taken = [conn for ident, conn in state.idle if matches(ident, conn)]
+    state.idle = [(ident, conn) for ident, conn in state.idle if conn not in taken]
+    state.open -= len(taken)
+    return taken
+
+
+@dataclass(eq=False)
+class _Upstream:
+    """The sessions of one upstream: a slot per delivery, idle sessions to reuse."""
+
+    cap: int
+    slots: asyncio.Semaphore
+    open: int = 0
+    """Sessions open: in use plus idle. Never above ``cap`` (see `Pool._checkout`)."""
+    idle: list[tuple[_Identity, sending.Connection]] = field(default_factory=list)
+    """Most recently used last."""
+
+
+class Pool:
+    """SMTP sessions per upstream; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        cfg: settings.DispatcherSettings,
+        *,
+        tls: ssl.SSLContext | None = None,
+        local_hostname: str | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._tls = tls if tls is not None else sending.tls_context(cfg)
+        self._hostname = local_hostname
+        self._upstreams: dict[str, _Upstream] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def open_connections(self, upstream_key: str) -> int:
+        """Sessions open to an upstream now, in use or idle (for metrics and tests)."""
+        state = self._upstreams.get(upstream_key)
+        return 0 if state is None else state.open
+
+    async def deliver(
+        self,
+        upstream: snapshot.UpstreamView,
+        creds: snapshot.Credentials | None,
+        mail_from: str,
+        rcpts: Sequence[str],
+        data: bytes,
+    ) -> Outcome:
+        """Send one mail to ``upstream`` over a pooled session logged in with ``creds``."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        state = self._state(upstream)
+        async with state.slots:
+            result = await self._deliver(state, upstream, creds, mail_from, rcpts, data)
+        return msgspec.structs.replace(result, elapsed_s=loop.time() - started)
+
+    async def _deliver(
+        self, state: _Upstream, upstream: snapshot.UpstreamView,
+        creds: snapshot.Credentials | None, mail_from: str, rcpts: Sequence[str], data: bytes,
+    ) -> Outcome:
+        timeout_s = upstream.timeout_s or self._cfg.smtp_timeout_s
+        ident = _identity(upstream, creds)
+        result = Outcome(failure="connect", reply="no attempt made")
+        for attempt in range(2):  # a pooled session dead before DATA: one retry, fresh
+            conn = await self._checkout(state, ident, reuse=attempt == 0)
+            reused = conn is not None
+            if conn is None:
+                opened = await self._open(state, upstream, creds, timeout_s)
+                if isinstance(opened, Outcome):
+                    return opened
+                conn = opened
+            finished = False
+            try:
+                result = await sending.send(conn, mail_from, rcpts, data, timeout_s=timeout_s)
+                finished = True
+            finally:
+                self._checkin(state, ident, conn, reusable=finished)
+            if not (reused and sending.dead_before_data(conn, result)):
+                return result
+            log.info("dispatcher.connection_replaced", upstream=upstream.key,
+                     smtp_code=result.code, reason=result.reply)
+        return result
+
+    def _state(self, upstream: snapshot.UpstreamView) -> _Upstream:
+        cap = max(1, upstream.max_connections or self._cfg.max_connections)
+        state = self._upstreams.get(upstream.key)
+        if state is None:
+            state = _Upstream(cap=cap, slots=asyncio.Semaphore(cap))
+            self._upstreams[upstream.key] = state
+        elif state.cap != cap:  # holders of the old semaphore release into it
+            state.cap, state.slots = cap, asyncio.Semaphore(cap)
+        return state
+
+    async def _checkout(
+        self, state: _Upstream, ident: _Identity, *, reuse: bool = True
+    ) -> sending.Connection | None:
+        """An idle session for ``ident`` (if ``reuse``), or None with room made (``open``
+        counted) for a new one. The caller holds a slot, so at most ``cap - 1`` sessions
+        are in use and at the cap there is always an idle one to close."""
+        now = asyncio.get_running_loop().time()
+        drop = [(conn, "idle") for conn in self._expire(state, now)]
+        drop += [(conn, "moved") for conn in
+                 _take(state, lambda i, _: i[:4] != ident[:4])]  # the snapshot moved it
+        found: sending.Connection | None = None
+        for index in range(len(state.idle) - 1, -1, -1):
+            if reuse and state.idle[index][0] == ident:
+                found = state.idle.pop(index)[1]
+                break
+        if found is None:
+            while state.open >= state.cap and state.idle:
+                drop.append((state.idle.pop(0)[1], "evicted"))
+                state.open -= 1
+            state.open += 1
+        closed = False
+        try:
+            await self._close_all(drop)
+            closed = True
+        finally:
+            if not closed:  # cancelled: give back what we took
+                if found is None:
+                    state.open -= 1
+                else:
+                    self._checkin(state, ident, found, reusable=True)
+        return found
+
+    async def _open(
+        self, state: _Upstream, upstream: snapshot.UpstreamView,
+        creds: snapshot.Credentials | None, timeout_s: float,
+    ) -> sending.Connection | Outcome:
+        """Connect for a slot `_checkout` counted; gives the count back on failure."""
+        opened: sending.Connection | Outcome | None = None
+        try:
+            opened = await sending.connect(
+                upstream, creds, tls=self._tls, timeout_s=timeout_s,
+                local_hostname=await self._local_hostname(),
+            )
+        finally:
+            if not isinstance(opened, sending.Connection):
+                state.open -= 1
+        if isinstance(opened, sending.Connection):
+            log.info("dispatcher.connection_opened", upstream=upstream.key,
+                     host=upstream.host, port=upstream.port, connect=upstream.connect)
+        return opened
+
+    def _checkin(
+        self, state: _Upstream, ident: _Identity, conn: sending.Connection, *, reusable: bool
+    ) -> None:
+        """Back to the idle list, or closed (without QUIT: it is broken, or we are being
+        cancelled). Synchronous, so it also runs when the delivery is cancelled."""
+        if reusable and conn.alive and not self._closed:
+            conn.idle_since = asyncio.get_running_loop().time()
+            state.idle.append((ident, conn))
+            return
+        state.open -= 1
+        reason = "closed" if self._closed else ("broken" if reusable else "abandoned")
+        conn.smtp.close()
+        log.info("dispatcher.connection_closed", upstream=conn.upstream.key, reason=reason,
+                 transactions=conn.transactions)
+
+    def _expire(self, state: _Upstream, now: float) -> list[sending.Connection]:
+        limit = self._cfg.idle_connection_s
+        return _take(state, lambda _, c: not c.alive or now - c.idle_since > limit)
+
+    async def reap(self) -> int:
+        """Close every session idle longer than ``idle_connection_s``; how many."""
+        now = asyncio.get_running_loop().time()
+        drop = [(conn, "idle") for state in self._upstreams.values()
+                for conn in self._expire(state, now)]
+        await self._close_all(drop)
+        return len(drop)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reap idle sessions until ``stop`` is set (a task in the worker's TaskGroup);
+        it does not close the pool: `close` (or leaving ``async with``) does."""
+        interval = min(max(self._cfg.idle_connection_s / 2, 0.05), 5.0)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await stop.wait()
+            await self.reap()
+
+    async def close(self) -> None:
+        """Close every idle session now (QUIT, bounded) and any in use when it is handed
+        back. Deliveries after this still work, unpooled."""
+        self._closed = True
+        drop: list[tuple[sending.Connection, str]] = []
+        for state in self._upstreams.values():
+            drop += [(conn, "shutdown") for _, conn in state.idle]
+            state.open -= len(state.idle)
+            state.idle = []
+        await self._close_all(drop)
+
+    async def _close_all(self, drop: list[tuple[sending.Connection, str]]) -> None:
+        if not drop:
+            return
+        async with asyncio.TaskGroup() as tg:
+            for conn, _ in drop:
+                tg.create_task(sending.close(conn))
+        for conn, reason in drop:
+            log.info("dispatcher.connection_closed", upstream=conn.upstream.key,
+                     reason=reason, transactions=conn.transactions)
+
+    async def _local_hostname(self) -> str:
+        """The name we EHLO with: this machine's FQDN, looked up once (it may block on
+        DNS, hence the thread and the deadline; the short host name if it is slow)."""
+        if self._hostname is None:
+            try:
+                async with asyncio.timeout(2.0):
+                    self._hostname = await asyncio.to_thread(socket.getfqdn)
+            except TimeoutError:
+                self._hostname = socket.gethostname()
+        return self._hostname
