@@ -264,6 +264,7 @@ class _Namespace:
                     self.indexed[term].append(policy)
 
     def candidates(self, labels: dict[str, str]) -> list[_Resolved]:
+        """The policies selecting these labels; default ones only when no other does."""
         found = [p for p in self.unindexed if matching.matches(p.selector, labels)]
         for term in labels.items():
             found.extend(
