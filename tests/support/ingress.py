@@ -163,6 +163,7 @@ class EventLog:
 async def watching_events(conn: bus.Conn) -> AsyncIterator[EventLog]:
     log = EventLog()
     sub = await conn.nc.subscribe(conn.names.events_filter(), cb=log.on_msg)
+    await conn.nc.flush(timeout=5)  # the server knows the subscription before anything is sent
     try:
         yield log
     finally:
