@@ -172,9 +172,9 @@ async def ensure(conn: Conn, retention: names.Retention, replicas: int) -> None:
             log.info("bus.bucket_created", bucket=kv.bucket)
     store = object_store_config(bus, retention, replicas)
     try:
-        await conn.js.object_store(store.bucket or "")
+        await conn.js.object_store(bus.bodies_bucket)
     except nats.js.errors.BucketNotFoundError:
-        await conn.js.create_object_store(store.bucket, config=store)
+        await conn.js.create_object_store(bus.bodies_bucket, config=store)
         log.info("bus.bucket_created", bucket=store.bucket)
 
 
@@ -221,7 +221,7 @@ async def _connect_once(cfg: settings_mod.NatsSettings, role: str) -> Client:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
-        **options,  # type: ignore[arg-type]
+        **options,
     )
 
 
@@ -237,7 +237,7 @@ async def open_connection(
         try:
             nc = await _connect_once(cfg, role)
             break
-        except (OSError, nats.errors.NoServersError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             if attempts is not None and tried >= attempts:
                 raise
             log.warning("bus.connect_failed", url=cfg.url, attempt=tried,

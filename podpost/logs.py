@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -69,7 +70,7 @@ def configure(cfg: settings_mod.LogSettings, *, stream: Any = None) -> None:
     logging.getLogger("mail.log").setLevel(max(level, logging.WARNING))
 
 
-def _bytes_to_str(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _bytes_to_str(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     rendered = event
     for key, value in rendered.items():
         if isinstance(value, bytes):

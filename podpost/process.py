@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 
 from podpost import logs
 from podpost import settings as settings_mod
 
-Serve = Callable[[settings_mod.Settings, asyncio.Event], Awaitable[None]]
+Serve = Callable[[settings_mod.Settings, asyncio.Event], Coroutine[Any, Any, None]]
 
 log = structlog.get_logger("podpost.process")
 

@@ -21,7 +21,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class NatsSettings(_Section, kw_only=True):
+class NatsSettings(_Section, frozen=True, kw_only=True):
     url: str = "nats://127.0.0.1:4222"
     """Comma-separated server URLs. The default is the embedded server of ``podpost dev``."""
     prefix: str = "podpost"
@@ -39,7 +39,7 @@ class NatsSettings(_Section, kw_only=True):
     """Client name shown in the server's monitoring; the role's name when empty."""
 
 
-class IngressSettings(_Section, kw_only=True):
+class IngressSettings(_Section, frozen=True, kw_only=True):
     host: str = "0.0.0.0"
     port: int = 2525
     """Unprivileged by default; the Service maps port 25 onto it."""
@@ -59,7 +59,7 @@ class IngressSettings(_Section, kw_only=True):
     """Concurrent SMTP sessions per ingress; more are refused with 421."""
 
 
-class RetrySettings(_Section, kw_only=True):
+class RetrySettings(_Section, frozen=True, kw_only=True):
     """Postfix's defaults: minimal_backoff_time, maximal_backoff_time,
     maximal_queue_lifetime. Delay = the mail's age clamped to [min, max]."""
 
@@ -73,7 +73,7 @@ class RetrySettings(_Section, kw_only=True):
         )
 
 
-class DispatcherSettings(_Section, kw_only=True):
+class DispatcherSettings(_Section, frozen=True, kw_only=True):
     upstreams: list[str] = []
     """Upstream keys (``ns/name``) this dispatcher serves; empty: all of them."""
     max_connections: int = 10
@@ -101,7 +101,7 @@ class DispatcherSettings(_Section, kw_only=True):
     """Multiplies rate-limit periods; tests shrink a minute to seconds with it."""
 
 
-class ReconcilerSettings(_Section, kw_only=True):
+class ReconcilerSettings(_Section, frozen=True, kw_only=True):
     source: Literal["file", "kubernetes"] = "file"
     file: str = "deploy/examples/dev.yaml"
     """The policy file of the file source."""
@@ -150,19 +150,19 @@ class ReconcilerSettings(_Section, kw_only=True):
     """kubernetes source: how often the Lease is renewed or tried (client-go's default)."""
 
 
-class LogSettings(_Section, kw_only=True):
+class LogSettings(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
     """auto: console on a TTY, JSON otherwise."""
 
 
-class HealthSettings(_Section, kw_only=True):
+class HealthSettings(_Section, frozen=True, kw_only=True):
     host: str = "0.0.0.0"
     port: int = 0
     """Serves /healthz, /readyz and /metrics; 0 turns it off."""
 
 
-class Settings(_Section, kw_only=True):
+class Settings(_Section, frozen=True, kw_only=True):
     nats: NatsSettings = NatsSettings()
     ingress: IngressSettings = IngressSettings()
     dispatcher: DispatcherSettings = DispatcherSettings()

@@ -18,7 +18,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     upstream: str = ""
 
 
-class Accepted(Event, tag="accepted", kw_only=True):
+class Accepted(Event, frozen=True, tag="accepted", kw_only=True):
     mail_from: str = ""
     rcpt_count: int = 0
     size: int = 0
@@ -26,19 +26,19 @@ class Accepted(Event, tag="accepted", kw_only=True):
     duplicate: bool = False
 
 
-class Rejected(Event, tag="rejected", kw_only=True):
+class Rejected(Event, frozen=True, tag="rejected", kw_only=True):
     code: int
     reply: str = ""
     client_ip: str = ""
     stage: str = ""
 
 
-class Attempted(Event, tag="attempted", kw_only=True):
+class Attempted(Event, frozen=True, tag="attempted", kw_only=True):
     attempt: int
     rcpt_count: int = 0
 
 
-class Deferred(Event, tag="deferred", kw_only=True):
+class Deferred(Event, frozen=True, tag="deferred", kw_only=True):
     retry_in_s: float
     attempt: int = 0
     code: int | None = None
@@ -46,26 +46,26 @@ class Deferred(Event, tag="deferred", kw_only=True):
     rcpt_to: list[str] = []
 
 
-class Delivered(Event, tag="delivered", kw_only=True):
+class Delivered(Event, frozen=True, tag="delivered", kw_only=True):
     attempt: int = 0
     code: int | None = None
     reply: str = ""
     rcpt_to: list[str] = []
 
 
-class Dead(Event, tag="dead", kw_only=True):
+class Dead(Event, frozen=True, tag="dead", kw_only=True):
     fate: str
     code: int | None = None
     reply: str = ""
     rcpt_to: list[str] = []
 
 
-class Replayed(Event, tag="replayed", kw_only=True):
+class Replayed(Event, frozen=True, tag="replayed", kw_only=True):
     dead_seq: int = 0
     to_upstream: str = ""
 
 
-class Purged(Event, tag="purged", kw_only=True):
+class Purged(Event, frozen=True, tag="purged", kw_only=True):
     dead_seq: int = 0
 
 

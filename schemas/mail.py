@@ -8,6 +8,7 @@ new replicas can meet during a rolling upgrade.
 from __future__ import annotations
 
 from datetime import datetime
+
 import msgspec
 
 

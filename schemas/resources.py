@@ -33,7 +33,7 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_un
 # --- SMTPServer -------------------------------------------------------------------------
 
 
-class SMTPServerSpec(_Spec, kw_only=True):
+class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
     server: Annotated[str, Meta(min_length=1, description="Host name or address of the upstream.")]
     port: Annotated[int, Meta(ge=1, le=65535, description="TCP port; 587 by default.")] = 587
     connect: (
@@ -76,43 +76,43 @@ def connect_mode(spec: SMTPServerSpec) -> Literal["plain", "ssl", "starttls"]:
 # --- EmailPolicy ------------------------------------------------------------------------
 
 
-class LabelSelectorRequirement(_Spec, kw_only=True):
+class LabelSelectorRequirement(_Spec, frozen=True, kw_only=True):
     key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = []
 
 
-class LabelSelector(_Spec, kw_only=True):
+class LabelSelector(_Spec, frozen=True, kw_only=True):
     match_labels: dict[str, str] = {}
     match_expressions: list[LabelSelectorRequirement] = []
 
 
-class RateLimiting(_Spec, kw_only=True):
+class RateLimiting(_Spec, frozen=True, kw_only=True):
     maximum: Annotated[int, Meta(ge=0, description="Messages allowed per period, per policy.")]
     period: Literal["hour", "minute"] = "hour"
 
 
-class ObjectRef(_Spec, kw_only=True):
+class ObjectRef(_Spec, frozen=True, kw_only=True):
     name: Annotated[str, Meta(min_length=1)]
     namespace: str | None = None
 
 
-class SMTPSink(_Spec, kw_only=True):
+class SMTPSink(_Spec, frozen=True, kw_only=True):
     server: ObjectRef
     credentials: ObjectRef | None = None
 
 
-class CatcherSink(_Spec, kw_only=True):
+class CatcherSink(_Spec, frozen=True, kw_only=True):
     """podpost: keep the mail inside podpost for viewing (`podpost caught`) instead of
     sending it anywhere."""
 
 
-class Sink(_Spec, kw_only=True):
+class Sink(_Spec, frozen=True, kw_only=True):
     smtp: SMTPSink | None = None
     catcher: CatcherSink | None = None
 
 
-class RetrySpec(_Spec, kw_only=True):
+class RetrySpec(_Spec, frozen=True, kw_only=True):
     """podpost: the retry schedule. Delay is the mail's age clamped to [minDelay, maxDelay]
     (Postfix's rule); past maxQueueAge the mail is dead-lettered as expired."""
 
@@ -121,7 +121,7 @@ class RetrySpec(_Spec, kw_only=True):
     max_queue_age: Duration | None = None
 
 
-class EmailPolicySpec(_Spec, kw_only=True):
+class EmailPolicySpec(_Spec, frozen=True, kw_only=True):
     default: Annotated[
         bool,
         Meta(description="Fallback for pods of this namespace that no other policy selects."),
@@ -157,13 +157,13 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     resource_version: str | None = None
 
 
-class StaticSourceSpec(_Spec, kw_only=True):
+class StaticSourceSpec(_Spec, frozen=True, kw_only=True):
     cidrs: Annotated[list[str], Meta(min_length=1)]
 
 
 class SMTPServer(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
                  forbid_unknown_fields=True):
-    api_version: Literal["kube-mail.helmich.me/v1alpha1"] = API_VERSION
+    api_version: Literal["kube-mail.helmich.me/v1alpha1"] = "kube-mail.helmich.me/v1alpha1"
     kind: Literal["SMTPServer"] = "SMTPServer"
     metadata: Metadata
     spec: SMTPServerSpec
@@ -172,7 +172,7 @@ class SMTPServer(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
 
 class EmailPolicy(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
                   forbid_unknown_fields=True):
-    api_version: Literal["kube-mail.helmich.me/v1alpha1"] = API_VERSION
+    api_version: Literal["kube-mail.helmich.me/v1alpha1"] = "kube-mail.helmich.me/v1alpha1"
     kind: Literal["EmailPolicy"] = "EmailPolicy"
     metadata: Metadata
     spec: EmailPolicySpec
@@ -184,7 +184,7 @@ class StaticSource(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
     """File source only: clients in ``cidrs`` are treated as a pod with these labels in
     this namespace."""
 
-    api_version: Literal["podpost/v1alpha1"] = STATIC_API_VERSION
+    api_version: Literal["podpost/v1alpha1"] = "podpost/v1alpha1"
     kind: Literal["StaticSource"] = "StaticSource"
     metadata: Metadata
     spec: StaticSourceSpec

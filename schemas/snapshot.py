@@ -7,6 +7,7 @@ CREDENTIALS key to read, and only dispatchers may read that bucket.
 
 from __future__ import annotations
 
+import zlib
 from datetime import datetime
 from typing import Literal
 
@@ -14,9 +15,9 @@ import msgspec
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """The effective retry schedule of one mail. Delay = the mail's age clamped to [min_delay_s, max_delay_s]; dead past max_age_s.
-    The defaults are Postfix's (minimal_backoff_time, maximal_backoff_time,
-    maximal_queue_lifetime)."""
+    """The effective retry schedule of one mail. Delay = the mail's age clamped to
+    [min_delay_s, max_delay_s]; dead past max_age_s. The defaults are Postfix's
+    (minimal_backoff_time, maximal_backoff_time, maximal_queue_lifetime)."""
 
     min_delay_s: float = 300.0
     max_delay_s: float = 4020.0
@@ -90,3 +91,37 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
 snapshot_encoder = msgspec.json.Encoder()
 snapshot_decoder = msgspec.json.Decoder(PolicySnapshot)
 credentials_decoder = msgspec.json.Decoder(Credentials)
+
+
+# --- the stored form ----------------------------------------------------------------------
+
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+"""Bound on a stored snapshot's decompressed size (10,000 pods make about 1.3 MB)."""
+
+
+def encode_snapshot(snap: PolicySnapshot) -> bytes:
+    """The POLICY bucket value: the JSON, zlib-compressed (level 1). A 10,000-pod snapshot
+    is ~1.3 MB of JSON, over NATS's default 1 MiB max payload; compressed it is ~90 KB,
+    and every ingress and dispatcher replica fetches it on each change."""
+    return zlib.compress(snapshot_encoder.encode(snap), 1)
+
+
+def snapshot_json(value: bytes) -> bytes:
+    """The JSON of a stored snapshot, compressed or not: plain JSON starts with ``{``, a
+    zlib stream never does, so old plain values stay readable. Raises
+    `msgspec.DecodeError` for a corrupt or oversized value, like a bad JSON would."""
+    if value[:1] == b"{":
+        return value
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(value, MAX_SNAPSHOT_BYTES)
+    except zlib.error as exc:
+        raise msgspec.DecodeError(f"snapshot is neither JSON nor zlib: {exc}") from exc
+    if inflater.unconsumed_tail:
+        raise msgspec.DecodeError(f"snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes")
+    return data
+
+
+def decode_snapshot(value: bytes) -> PolicySnapshot:
+    """A stored snapshot, as written by `encode_snapshot` or as plain JSON."""
+    return snapshot_decoder.decode(snapshot_json(value))

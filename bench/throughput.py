@@ -1,0 +1,197 @@
+"""End-to-end throughput: N messages of a given size over S parallel SMTP sessions through
+ingress -> JetStream -> dispatcher(s) -> a counting sink, each a real process.
+
+Prints accepted msgs/s, delivered msgs/s, p50/p99 accept latency and each process's peak
+RSS. Example (the issue's figure)::
+
+    .venv/bin/python bench/throughput.py --messages 5000 --size 10240 --sessions 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosmtplib
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from podpost import natsserver  # noqa: E402
+
+PODPOST = str(Path(sys.executable).parent / "podpost")
+
+POLICY = """\
+apiVersion: podpost/v1alpha1
+kind: StaticSource
+metadata: {{name: bench, namespace: bench, labels: {{app: bench}}}}
+spec: {{cidrs: ["127.0.0.0/8"]}}
+---
+apiVersion: kube-mail.helmich.me/v1alpha1
+kind: SMTPServer
+metadata: {{name: sink, namespace: bench}}
+spec: {{server: 127.0.0.1, port: {port}, connect: plain, maxConnections: {conns}}}
+---
+apiVersion: kube-mail.helmich.me/v1alpha1
+kind: EmailPolicy
+metadata: {{name: relay, namespace: bench}}
+spec:
+  podSelector: {{matchLabels: {{app: bench}}}}
+  sink: {{smtp: {{server: {{name: sink}}}}}}
+"""
+
+
+def message(i: int, size: int) -> bytes:
+    head = (
+        f"From: bench@example.com\r\nTo: sink@example.com\r\nSubject: bench {i}\r\n"
+        f"Message-ID: <bench-{i}-{time.time_ns()}@example.com>\r\n\r\n"
+    ).encode()
+    line = b"x" * 76 + b"\r\n"
+    body = line * max(1, (size - len(head)) // len(line))
+    return head + body
+
+
+def peak_rss_mib(pid: int) -> float:
+    try:
+        for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if row.startswith("VmHWM:"):
+                return int(row.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *args, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+
+
+async def wait_ready(port: int, timeout_s: float = 30.0) -> None:
+    """Until the ingress answers 250 for a probe (snapshot loaded, broker up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5) as smtp:
+                await smtp.sendmail("probe@example.com", ["sink@example.com"], message(-1, 100))
+                return
+        except (aiosmtplib.SMTPException, OSError):
+            await asyncio.sleep(0.3)
+    raise SystemExit("ingress did not become ready")
+
+
+async def run(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="podpost-bench-"))
+    sink = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "bench" / "sink.py"), stdout=asyncio.subprocess.PIPE
+    )
+    assert sink.stdout is not None
+    sink_port = int((await sink.stdout.readline()).split()[1])
+    delivered = 0
+    delivered_at = time.monotonic()
+    progress = asyncio.Event()
+
+    async def delivered_at_least(count: int) -> None:
+        while delivered < count:
+            progress.clear()
+            await progress.wait()
+
+    async def follow_sink() -> None:
+        nonlocal delivered, delivered_at
+        assert sink.stdout is not None
+        while line := await sink.stdout.readline():
+            _, count, at = line.split()
+            delivered, delivered_at = int(count), float(at)
+            progress.set()
+
+    procs: dict[str, asyncio.subprocess.Process] = {"sink": sink}
+    server = natsserver.NatsServer(store_dir=tmp / "nats")
+    await server.start()
+    policies = tmp / "policies.yaml"
+    policies.write_text(POLICY.format(port=sink_port, conns=args.connections))
+    env = dict(os.environ, PODPOST_NATS_URL=server.url, PODPOST_LOG__LEVEL="warning",
+               PODPOST_LOG__FORMAT="json")
+    smtp_port = 20000 + os.getpid() % 20000
+    follower = asyncio.create_task(follow_sink())
+    try:
+        procs["reconciler"] = await spawn(PODPOST, "reconciler", "--policies", str(policies),
+                                          env=env)
+        procs["ingress"] = await spawn(PODPOST, "ingress", "--host", "127.0.0.1",
+                                       "--port", str(smtp_port), env=env)
+        for i in range(args.dispatchers):
+            procs[f"dispatcher-{i}"] = await spawn(PODPOST, "dispatcher", env=env)
+        await wait_ready(smtp_port)
+        async with asyncio.timeout(60):
+            await delivered_at_least(1)
+        base = delivered
+
+        latencies: list[float] = []
+        per_session = [args.messages // args.sessions] * args.sessions
+        for i in range(args.messages % args.sessions):
+            per_session[i] += 1
+        errors = 0
+
+        async def session(index: int, count: int) -> None:
+            nonlocal errors
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, timeout=60) as smtp:
+                for n in range(count):
+                    body = message(index * 1_000_000 + n, args.size)
+                    began = time.perf_counter()
+                    try:
+                        await smtp.sendmail("bench@example.com", ["sink@example.com"], body)
+                    except aiosmtplib.SMTPException:
+                        errors += 1
+                        continue
+                    latencies.append(time.perf_counter() - began)
+
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as tg:
+            for index, count in enumerate(per_session):
+                tg.create_task(session(index, count))
+        accepted_s = time.monotonic() - started
+        async with asyncio.timeout(args.timeout):
+            await delivered_at_least(base + len(latencies))
+        delivered_s = delivered_at - started
+
+        latencies.sort()
+        p50 = statistics.median(latencies) * 1000
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+        print(f"messages={args.messages} size={args.size}B sessions={args.sessions} "
+              f"dispatchers={args.dispatchers} errors={errors}")
+        print(f"accepted:  {len(latencies) / accepted_s:8.1f} msgs/s "
+              f"({len(latencies)} in {accepted_s:.2f} s)")
+        print(f"delivered: {(delivered - base) / delivered_s:8.1f} msgs/s "
+              f"({delivered - base} in {delivered_s:.2f} s)")
+        print(f"accept latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        rss = ", ".join(f"{name} {peak_rss_mib(p.pid):.0f}" for name, p in procs.items())
+        print(f"peak RSS MiB: {rss}, nats-server "
+              f"{peak_rss_mib(server.proc.pid) if server.proc else float('nan'):.0f}")
+    finally:
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        follower.cancel()
+        await server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=10 * 1024)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--dispatchers", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=20,
+                        help="maxConnections of the sink upstream")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
