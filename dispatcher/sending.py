@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import aiosmtplib
@@ -40,6 +40,8 @@ QUIT_TIMEOUT_S = 5.0
 """Upper bound for a polite QUIT; closing never waits longer on an upstream."""
 
 _T = TypeVar("_T")
+
+
 class Refused(Exception):
     """A session podpost refuses to continue itself (STARTTLS not offered, an AUTH
     mechanism it cannot speak), with the failure class it stands for."""
@@ -66,7 +68,7 @@ class Connection:
     """How far the session, or its last transaction, got."""
     transactions: int = 0
     """Mail transactions completed on this session (for the log and the tests)."""
-    idle_since: float = field(default=0.0)
+    idle_since: float = 0.0
     """Loop time when it was last put back into the pool."""
 
     @property
