@@ -26,12 +26,24 @@ async def supervise(cfg: settings_mod.Settings, serves: dict[str, Serve]) -> Non
         loop.add_signal_handler(sig, stop.set)
     try:
         async with asyncio.TaskGroup() as tg:
-            for name, serve in serves.items():
-                tg.create_task(serve(cfg, stop), name=name)
+            tasks = [tg.create_task(serve(cfg, stop), name=name) for name, serve in serves.items()]
+            tg.create_task(_enforce_grace(stop, tasks, cfg.grace_s))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("process.stopped", roles=sorted(serves))
+
+
+async def _enforce_grace(
+    stop: asyncio.Event, tasks: list[asyncio.Task[None]], grace_s: float
+) -> None:
+    """Once stopping, give the roles ``grace_s`` (plus a little for their own cleanup) to
+    drain, then cancel what is left: a role stuck connecting must not hold the process."""
+    await stop.wait()
+    done, pending = await asyncio.wait(tasks, timeout=grace_s + 2.0)
+    for task in pending:
+        log.warning("process.role_cancelled", role=task.get_name())
+        task.cancel()
 
 
 def run(cfg: settings_mod.Settings, serves: dict[str, Serve]) -> None:
