@@ -96,7 +96,7 @@ async def _snapshot(conn: bus.Conn) -> snapshot.PolicySnapshot | None:
     except nats.js.errors.KeyNotFoundError:
         return None
     assert entry.value is not None
-    return snapshot.snapshot_decoder.decode(entry.value)
+    return snapshot.decode_snapshot(entry.value)
 
 
 async def eventually(conn: bus.Conn, check: Callable[[snapshot.PolicySnapshot], bool],
