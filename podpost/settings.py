@@ -128,7 +128,8 @@ class ReconcilerSettings(_Section, frozen=True, kw_only=True):
     api_timeout_s: float = 10.0
     """kubernetes source: deadline of every non-watch API request."""
     status_concurrency: int = 8
-    """kubernetes source: status PATCHes in flight at once (a first sync may write many)."""
+    """kubernetes source: status PATCHes (and Secret reads) in flight at once; a first sync
+    may write one per policy."""
     leader_election: bool = True
     """kubernetes source: only the holder of the Lease publishes and writes statuses, so
     replicas never fight; turn off only when exactly one replica runs."""

@@ -470,3 +470,20 @@ async def test_reconciler_needs_only_the_documented_rbac(
                for resource in rule["resources"] for verb in rule["verbs"]}
     exercised = {(group, resource, verb) for group, resource, verb, _ in used}
     assert granted == exercised, (granted - exercised, exercised - granted)
+
+
+async def test_reconciler_role_runs_the_kubernetes_source(
+    cluster: fake.VersionedEmulator, conn: bus.Conn, cfg: settings.Settings
+) -> None:
+    """`podpost reconciler` with source=kubernetes (reconciler.main.serve) connects to the
+    bus and the cluster itself, publishes, and returns when stopped."""
+    from reconciler import main
+
+    await _basics(cluster)
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(main.serve(cfg, stop))
+        await eventually(conn, lambda s: "10.0.0.1/32" in _routes(s), within=5.0)
+        stop.set()
+        async with asyncio.timeout(5):
+            await task
