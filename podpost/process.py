@@ -40,7 +40,7 @@ async def _enforce_grace(
     """Once stopping, give the roles ``grace_s`` (plus a little for their own cleanup) to
     drain, then cancel what is left: a role stuck connecting must not hold the process."""
     await stop.wait()
-    done, pending = await asyncio.wait(tasks, timeout=grace_s + 2.0)
+    _, pending = await asyncio.wait(tasks, timeout=grace_s + 2.0)
     for task in pending:
         log.warning("process.role_cancelled", role=task.get_name())
         task.cancel()

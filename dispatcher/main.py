@@ -1,0 +1,45 @@
+"""The dispatcher role: wiring only.
+
+One connection, and in one TaskGroup: the policy snapshot poller, the SMTP pool's idle
+reaper and the consumer discovery that runs a `worker` per (upstream, policy) consumer.
+On ``stop`` the workers stop fetching, finish what they hold within ``grace_s`` and
+cancel the rest; unacked messages are redelivered later, so nothing depends on this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import structlog
+
+from dispatcher import consumers, keyring, limiting, pool, settling, worker
+from podpost import bus, policies
+from podpost import settings as settings_mod
+
+log = structlog.get_logger("dispatcher.main")
+
+
+async def serve(
+    cfg: settings_mod.Settings, stop: asyncio.Event, *,
+    limiter: limiting.Limiter | None = None,
+) -> None:
+    """Deliver queued mail until ``stop`` is set; ``limiter`` is the rate-limit seam
+    (unlimited by default)."""
+    async with bus.connect(cfg.nats, "dispatcher") as conn:
+        holder = policies.SnapshotHolder()
+        stores = settling.Stores(conn=conn, attempts=await bus.attempts_kv(conn),
+                                 bodies=await bus.bodies(conn))
+        async with pool.Pool(cfg.dispatcher) as smtp_pool:
+            shared = worker.Shared(
+                cfg=cfg, holder=holder, pool=smtp_pool,
+                limiter=limiter or limiting.Unlimited(), stores=stores,
+                keyring=keyring.Keyring(await bus.credentials_kv(conn)),
+            )
+            log.info("dispatcher.started", upstreams=cfg.dispatcher.upstreams or "all")
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(holder.run(conn, stop))
+                tg.create_task(smtp_pool.run(stop))
+                tg.create_task(consumers.run(
+                    conn, cfg, holder, functools.partial(worker.run, shared), stop))
+    log.info("dispatcher.stopped")
