@@ -1,0 +1,369 @@
+"""Read what the operator commands show: dead letters, caught mail, a mail's events, bodies
+and the counts behind ``podpost status``.
+
+Streams are read with a short-lived, memory-backed, unacknowledged pull consumer that
+fetches in batches and stops at the number of messages it found when created (or when the
+server says nothing is left), so a read is a handful of round trips, bounded in count and
+time, and never disturbs the durable consumers. Single messages are read by sequence. The
+MAIL stream is a work queue, which refuses a second consumer on the same subjects: it is
+only ever walked by sequence, with a budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from podpost import bus, reports
+from schemas import events, mail
+from schemas import snapshot as snapshot_mod
+
+API_TIMEOUT_S = 10.0
+"""Deadline of each JetStream API request made here."""
+FETCH_BATCH = 256
+FETCH_TIMEOUT_S = 5.0
+"""A fetch returns at once when messages are there; this only bounds a stall."""
+MAX_SCAN = 1_000_000
+"""No read takes more messages than this, whatever the stream holds."""
+CLOCK_SKEW_S = 300.0
+"""``--since`` asks the server for messages stored after the cutoff minus this margin,
+then filters on the dead letter's own time."""
+MAIL_WALK_BUDGET = 20_000
+"""Queued messages checked for a body reference before purge gives up and keeps it."""
+CONSUMER_PAGES = 100
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One message as a stream holds it."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    time: datetime | None
+
+
+async def scan(
+    conn: bus.Conn,
+    stream: str,
+    subject: str,
+    *,
+    start_time: datetime | None = None,
+    start_seq: int | None = None,
+    last_per_subject: bool = False,
+    limit: int = MAX_SCAN,
+) -> list[Stored]:
+    """Every message of ``stream`` matching ``subject``, in stream order."""
+    policy = DeliverPolicy.ALL
+    if last_per_subject:
+        policy = DeliverPolicy.LAST_PER_SUBJECT
+    elif start_seq is not None:
+        policy = DeliverPolicy.BY_START_SEQUENCE
+    elif start_time is not None:
+        policy = DeliverPolicy.BY_START_TIME
+    name = f"podpost-cli-{secrets.token_hex(6)}"
+    config = ConsumerConfig(
+        name=name, filter_subject=subject, deliver_policy=policy, ack_policy=AckPolicy.NONE,
+        opt_start_seq=start_seq if policy is DeliverPolicy.BY_START_SEQUENCE else None,
+        opt_start_time=start_time if policy is DeliverPolicy.BY_START_TIME else None,
+        inactive_threshold=60.0, mem_storage=True, num_replicas=1,
+    )
+    async with asyncio.timeout(API_TIMEOUT_S):
+        info = await conn.js.add_consumer(stream, config)
+    out: list[Stored] = []
+    try:
+        wanted = min(info.num_pending or 0, limit)
+        if wanted == 0:
+            return out
+        psub = await conn.js.pull_subscribe_bind(consumer=name, stream=stream)
+        try:
+            for _ in range(wanted):  # each round takes at least one message, or stops
+                try:
+                    batch = await psub.fetch(min(FETCH_BATCH, wanted - len(out)),
+                                             timeout=FETCH_TIMEOUT_S)
+                except nats.errors.TimeoutError:
+                    break  # messages deleted while we read: nothing more will come
+                done = False
+                for msg in batch:
+                    meta = msg.metadata
+                    out.append(Stored(seq=meta.sequence.stream, subject=msg.subject,
+                                      data=msg.data, headers=dict(msg.headers or {}),
+                                      time=meta.timestamp))
+                    done = meta.num_pending == 0
+                if done or len(out) >= wanted:
+                    break
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await psub.unsubscribe()
+    finally:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            async with asyncio.timeout(API_TIMEOUT_S):
+                await conn.js.delete_consumer(stream, name)
+    return out
+
+
+async def get(conn: bus.Conn, stream: str, seq: int) -> Stored | None:
+    """One message by sequence; None when the stream does not hold it."""
+    try:
+        async with asyncio.timeout(API_TIMEOUT_S):
+            raw = await conn.js.get_msg(stream, seq=seq)
+    except nats.js.errors.NotFoundError:
+        return None
+    return Stored(seq=raw.seq or seq, subject=raw.subject or "", data=raw.data or b"",
+                  headers=dict(raw.headers or {}), time=raw.time)
+
+
+# --- dead letters and caught mail ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dead:
+    item: reports.DeadItem
+    letter: mail.DeadLetter
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Read(Generic[T]):
+    """What a read found, and how many messages could not be decoded."""
+
+    found: list[T]
+    unreadable: int = 0
+    last_seq: int = 0
+
+
+def _decode_dead(stored: Sequence[Stored]) -> Read[Dead]:
+    found: list[Dead] = []
+    bad = 0
+    for msg in stored:
+        try:
+            letter = mail.dead_letter_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            bad += 1
+            continue
+        found.append(Dead(reports.dead_item(msg.seq, letter), letter))
+    return Read(found, bad, max((msg.seq for msg in stored), default=0))
+
+
+async def dead_letters(
+    conn: bus.Conn, *, upstream: str | None = None, since: datetime | None = None,
+    start_seq: int | None = None,
+) -> Read[Dead]:
+    """Dead letters, for one upstream (its subject) or all; ``since`` only narrows what the
+    server sends (by storage time, with a margin): filter on ``dead_at`` afterwards."""
+    start = None if since is None else since - timedelta(seconds=CLOCK_SKEW_S)
+    stored = await scan(conn, conn.names.dead_stream, conn.names.dead_filter(upstream),
+                        start_time=start, start_seq=start_seq)
+    return _decode_dead(stored)
+
+
+async def dead_letter(conn: bus.Conn, seq: int) -> Dead | None:
+    """One dead letter by DEAD sequence; None when it is not there (or not a dead letter)."""
+    stored = await get(conn, conn.names.dead_stream, seq)
+    if stored is None:
+        return None
+    read = _decode_dead([stored])
+    return read.found[0] if read.found else None
+
+
+async def find_dead(conn: bus.Conn, ids: reports.Ids) -> tuple[list[Dead], list[str]]:
+    """The dead letters named by ``ids`` and the ids that named nothing. Sequences are
+    read one by one; a mail id needs a scan of the stream."""
+    if ids.mail_ids:
+        every = (await dead_letters(conn)).found
+    else:
+        every = [dead for seq in ids.seqs if (dead := await dead_letter(conn, seq)) is not None]
+    by_seq = {dead.item.seq: dead for dead in every}
+    items, unknown = reports.pick([dead.item for dead in every], ids)
+    return [by_seq[item.seq] for item in items], unknown
+
+
+@dataclass(frozen=True)
+class CaughtMail:
+    item: reports.CaughtItem
+    caught: mail.Caught
+
+
+async def caught(conn: bus.Conn, *, with_subjects: bool = True) -> Read[CaughtMail]:
+    """Every mail the catcher kept (the Subject is read from inline bodies only)."""
+    stored = await scan(conn, conn.names.caught_stream, conn.names.caught_filter())
+    found: list[CaughtMail] = []
+    bad = 0
+    for msg in stored:
+        try:
+            kept = mail.caught_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            bad += 1
+            continue
+        body = kept.envelope.body
+        subject = reports.subject_of(body) if with_subjects and body is not None else ""
+        found.append(CaughtMail(reports.caught_item(msg.seq, kept, subject), kept))
+    return Read(found, bad, max((msg.seq for msg in stored), default=0))
+
+
+async def find_caught(conn: bus.Conn, ids: reports.Ids) -> tuple[list[CaughtMail], list[str]]:
+    every = (await caught(conn)).found
+    by_seq = {kept.item.seq: kept for kept in every}
+    items, unknown = reports.pick([kept.item for kept in every], ids)
+    return [by_seq[item.seq] for item in items], unknown
+
+
+class BodyMissing(Exception):
+    """The envelope refers to a body object that is gone."""
+
+
+async def body(conn: bus.Conn, env: mail.Envelope) -> bytes:
+    """The whole stored message of an envelope: inline, or from the object store."""
+    if env.body is not None:
+        return env.body
+    if env.body_ref is None:
+        raise BodyMissing(f"mail {env.id} has no body")
+    store = await bus.bodies(conn)
+    try:
+        async with asyncio.timeout(60.0):  # up to 25 MiB
+            result = await store.get(env.body_ref.name)
+    except nats.js.errors.NotFoundError:  # never stored, or deleted
+        raise BodyMissing(f"body object {env.body_ref.name!r} of mail {env.id} is gone"
+                          ) from None
+    return result.data or b""
+
+
+# --- trace ----------------------------------------------------------------------------------
+
+
+class _MailIdOnly(msgspec.Struct):
+    mail_id: str = ""
+
+
+_mail_id_decoder = msgspec.json.Decoder(_MailIdOnly)
+
+
+async def history(conn: bus.Conn, mail_id: str, *, since: datetime | None = None
+                  ) -> list[events.AnyEvent]:
+    """Every event of one mail, in the order the EVENTS stream recorded them. Events are
+    published per kind, not per mail, so this scans the stream; only the mail id of each
+    event is decoded until one matches."""
+    stored = await scan(conn, conn.names.events_stream, conn.names.events_filter(),
+                        start_time=since)
+    found: list[events.AnyEvent] = []
+    for msg in stored:
+        try:
+            if _mail_id_decoder.decode(msg.data).mail_id != mail_id:
+                continue
+            found.append(events.event_decoder.decode(msg.data))
+        except msgspec.DecodeError:
+            continue  # an event kind this version does not know
+    return found
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+async def _subject_counts(conn: bus.Conn, stream: str, subject: str) -> dict[str, int]:
+    async with asyncio.timeout(API_TIMEOUT_S):
+        info = await conn.js.stream_info(stream, subjects_filter=subject)
+    return dict(info.state.subjects or {})
+
+
+async def _consumer_loads(conn: bus.Conn) -> list[reports.ConsumerLoad]:
+    loads: list[reports.ConsumerLoad] = []
+    offset = 0
+    for _ in range(CONSUMER_PAGES):
+        async with asyncio.timeout(API_TIMEOUT_S):
+            page = await conn.js.consumers_info(conn.names.mail_stream, offset=offset)
+        for info in page:
+            subjects = [info.config.filter_subject] if info.config.filter_subject else []
+            subjects += info.config.filter_subjects or []
+            loads.extend(reports.ConsumerLoad(filter_subject=subject,
+                                              ack_pending=info.num_ack_pending or 0)
+                         for subject in subjects[:1])
+        if not page:
+            break
+        offset += len(page)
+    return loads
+
+
+async def _attempt_records(conn: bus.Conn) -> tuple[list[mail.AttemptRecord], int]:
+    bucket = conn.names.attempts_bucket
+    stored = await scan(conn, f"KV_{bucket}", f"$KV.{bucket}.>", last_per_subject=True)
+    records: list[mail.AttemptRecord] = []
+    bad = 0
+    for msg in stored:
+        if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            continue
+        try:
+            records.append(mail.attempt_decoder.decode(msg.data))
+        except msgspec.DecodeError:
+            bad += 1
+    return records, bad
+
+
+async def _snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot | None, int]:
+    kv = await bus.policy_kv(conn)
+    try:
+        async with asyncio.timeout(API_TIMEOUT_S):
+            entry = await kv.get(conn.names.snapshot_key)
+    except nats.js.errors.KeyNotFoundError:
+        return None, 0
+    if entry.value is None:
+        return None, 0
+    try:
+        return snapshot_mod.snapshot_decoder.decode(entry.value), entry.revision or 0
+    except msgspec.DecodeError:
+        return None, entry.revision or 0
+
+
+async def status(conn: bus.Conn, now: datetime) -> reports.StatusReport:
+    names = conn.names
+    queued = await _subject_counts(conn, names.mail_stream, names.mail_filter())
+    dead = await _subject_counts(conn, names.dead_stream, names.dead_filter())
+    consumers = await _consumer_loads(conn)
+    records, bad = await _attempt_records(conn)
+    snap, revision = await _snapshot(conn)
+    report = reports.status_report(names, now=now, queued=queued, consumers=consumers,
+                                   attempts=records, dead=dead, snap=snap, revision=revision)
+    return msgspec.structs.replace(report, unreadable_attempts=bad)
+
+
+async def queued_body_refs(conn: bus.Conn, budget: int = MAIL_WALK_BUDGET) -> set[str] | None:
+    """Body objects referred to by mail waiting in the MAIL stream; None when the stream
+    holds more than ``budget`` messages (the caller must then assume every body is used)."""
+    stream = conn.names.mail_stream
+    async with asyncio.timeout(API_TIMEOUT_S):
+        info = await conn.js.stream_info(stream)
+    if info.state.messages == 0:
+        return set()
+    if info.state.messages > budget:
+        return None
+    refs: set[str] = set()
+    seq = info.state.first_seq
+    for _ in range(info.state.messages):
+        try:
+            async with asyncio.timeout(API_TIMEOUT_S):
+                raw = await conn.js.get_msg(stream, seq=seq, subject=conn.names.mail_filter(),
+                                            next=True)
+        except nats.js.errors.NotFoundError:
+            break
+        if raw.seq is None:
+            break
+        try:
+            env = mail.envelope_decoder.decode(raw.data or b"")
+        except msgspec.DecodeError:
+            env = None
+        if env is not None and env.body_ref is not None:
+            refs.add(env.body_ref.name)
+        seq = raw.seq + 1
+    return refs
