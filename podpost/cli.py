@@ -132,6 +132,141 @@ def crds(
         err.print(f"wrote {out / name}")
 
 
+# --- the operator's commands: bodies in podpost.commands -----------------------------------
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+Ids = Annotated[list[str] | None, typer.Argument(
+    help="DEAD stream sequences (the id column) or mail ids.", show_default=False)]
+Every = Annotated[bool, typer.Option("--all", help="Every dead letter that passes the filters.")]
+UpstreamKey = Annotated[str | None,
+                        typer.Option("--upstream", help="Only this upstream (ns/name).")]
+PolicyKey = Annotated[str | None, typer.Option("--policy", help="Only this policy (ns/name).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would be done; do nothing.")]
+
+caught_app = typer.Typer(help="Mail kept by the catcher sink.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
+app.add_typer(caught_app, name="caught")
+app.add_typer(dlq_app, name="dlq")
+
+
+def _nats(nats_url: str | None) -> settings_mod.Settings:
+    return load_settings({"nats": {"url": nats_url}})
+
+
+@caught_app.command("list")
+def caught_list(nats_url: NatsUrl = None, json_: Json = False) -> None:
+    """List the mail the catcher kept, oldest first."""
+    from podpost.commands import caught
+
+    caught.list_(_nats(nats_url), as_json=json_)
+
+
+@caught_app.command("show")
+def caught_show(
+    mail: Annotated[str, typer.Argument(help="CAUGHT stream sequence (the id column) or mail id.")],
+    nats_url: NatsUrl = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Print the stored message as is.")] = False,
+    json_: Json = False,
+) -> None:
+    """Show one caught mail: envelope, headers and text."""
+    from podpost.commands import caught
+
+    caught.show(_nats(nats_url), mail, raw=raw, as_json=json_)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    nats_url: NatsUrl = None, upstream: UpstreamKey = None, policy: PolicyKey = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Only dead letters younger than this (90s, 5m, 2h, 7d).")] = None,
+    json_: Json = False,
+) -> None:
+    """List dead letters, oldest first."""
+    from podpost.commands import dlq
+
+    dlq.list_(_nats(nats_url), dlq.Where(upstream=upstream, policy=policy, since=since),
+              as_json=json_)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    dead: Annotated[str, typer.Argument(help="DEAD stream sequence (the id column) or mail id.")],
+    nats_url: NatsUrl = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Print the stored message as is.")] = False,
+    json_: Json = False,
+) -> None:
+    """Show one dead letter: why it died, its attempts and its envelope."""
+    from podpost.commands import dlq
+
+    dlq.show(_nats(nats_url), dead, raw=raw, as_json=json_)
+
+
+REPLAY_HELP = "\n\n".join([
+    "Queue dead letters again, then remove them from the dead-letter queue.",
+    "Each replay is published with Nats-Msg-Id <mail id>.replay.<id>, so within the MAIL "
+    "stream's duplicate window (an hour) a dead letter is queued once, however often it "
+    "is replayed. A replayed dead letter is moved, not copied: it leaves `dlq list`; a "
+    "replay that fails again comes back as a new dead letter; `podpost trace` shows the "
+    "replay. Replaying an id that was replayed already is only noted.",
+    "A body kept in the object store is copied for the replay, and the original is "
+    "deleted once nothing refers to it.",
+])
+PURGE_HELP = ("Delete dead letters for good, with their bodies in the object store (a body "
+              "still used by another dead letter or by queued mail is kept).")
+
+
+@dlq_app.command("replay", help=REPLAY_HELP)
+def dlq_replay(
+    ids: Ids = None, every: Every = False, nats_url: NatsUrl = None,
+    upstream: UpstreamKey = None, policy: PolicyKey = None,
+    to_upstream: Annotated[str | None, typer.Option(
+        "--to-upstream", help="Send to this upstream (ns/name) instead.")] = None,
+    dry_run: DryRun = False, json_: Json = False,
+) -> None:
+    from podpost.commands import dlq
+
+    dlq.replay(_nats(nats_url), ids or [], every=every,
+               where=dlq.Where(upstream=upstream, policy=policy), to_upstream=to_upstream,
+               dry_run=dry_run, as_json=json_)
+
+
+@dlq_app.command("purge", help=PURGE_HELP)
+def dlq_purge(
+    ids: Ids = None, every: Every = False, nats_url: NatsUrl = None,
+    upstream: UpstreamKey = None, policy: PolicyKey = None,
+    older_than: Annotated[str | None, typer.Option(
+        "--older-than", help="Only dead letters older than this (2h, 7d).")] = None,
+    dry_run: DryRun = False, json_: Json = False,
+) -> None:
+    from podpost.commands import dlq
+
+    dlq.purge(_nats(nats_url), ids or [], every=every,
+              where=dlq.Where(upstream=upstream, policy=policy, older_than=older_than),
+              dry_run=dry_run, as_json=json_)
+
+
+@app.command()
+def trace(
+    mail: Annotated[str, typer.Argument(help="The mail id (from `250 queued as <id>`).")],
+    nats_url: NatsUrl = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Only events younger than this (2h, 1d).")] = None,
+    json_: Json = False,
+) -> None:
+    """A mail's history: accepted, attempted, deferred, delivered, dead, replayed."""
+    from podpost.commands import trace as trace_cmd
+
+    trace_cmd.trace(_nats(nats_url), mail, since=since, as_json=json_)
+
+
+@app.command()
+def status(nats_url: NatsUrl = None, json_: Json = False) -> None:
+    """Per upstream and policy: queued, in flight, deferred, dead; the snapshot's age."""
+    from podpost.commands import status as status_cmd
+
+    status_cmd.status(_nats(nats_url), as_json=json_)
+
+
 def main() -> None:
     app()
 

@@ -269,6 +269,22 @@ async def history(conn: bus.Conn, mail_id: str, *, since: datetime | None = None
     return found
 
 
+async def dead_letter_fates(conn: bus.Conn) -> list[events.Replayed | events.Purged]:
+    """The `Replayed` and `Purged` events still kept, in order: what became of dead
+    letters that are gone from DEAD. Only those two event subjects are read."""
+    found: list[events.Replayed | events.Purged] = []
+    for kind in ("replayed", "purged"):
+        stored = await scan(conn, conn.names.events_stream, conn.names.event_subject(kind))
+        for msg in stored:
+            try:
+                event = events.event_decoder.decode(msg.data)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(event, events.Replayed | events.Purged):
+                found.append(event)
+    return sorted(found, key=lambda event: event.at)
+
+
 # --- status ---------------------------------------------------------------------------------
 
 
@@ -311,7 +327,7 @@ async def _attempt_records(conn: bus.Conn) -> tuple[list[mail.AttemptRecord], in
     return records, bad
 
 
-async def _snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot | None, int]:
+async def policy_snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot | None, int]:
     kv = await bus.policy_kv(conn)
     try:
         async with asyncio.timeout(API_TIMEOUT_S):
@@ -332,7 +348,7 @@ async def status(conn: bus.Conn, now: datetime) -> reports.StatusReport:
     dead = await _subject_counts(conn, names.dead_stream, names.dead_filter())
     consumers = await _consumer_loads(conn)
     records, bad = await _attempt_records(conn)
-    snap, revision = await _snapshot(conn)
+    snap, revision = await policy_snapshot(conn)
     report = reports.status_report(names, now=now, queued=queued, consumers=consumers,
                                    attempts=records, dead=dead, snap=snap, revision=revision)
     return msgspec.structs.replace(report, unreadable_attempts=bad)

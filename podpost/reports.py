@@ -91,16 +91,21 @@ class Ids(msgspec.Struct, frozen=True, kw_only=True):
     mail_ids: tuple[str, ...] = ()
 
 
+MAX_SEQ_DIGITS = 20
+"""A stream sequence is a uint64: at most 20 digits. Longer digit strings are mail ids."""
+
+
 def parse_ids(texts: Iterable[str]) -> Ids:
-    """Digits are a stream sequence (``42``); anything else is a mail id. Mail ids are 26
-    base32 characters, never all digits, so the two cannot be confused."""
+    """Digits are a stream sequence (``42``); anything else is a mail id. Ingress mail ids
+    are 26 base32 characters and never all digits; a longer all-digit id (a hex id that
+    happens to hold no letter) cannot be a sequence, so it is a mail id too."""
     seqs: list[int] = []
     mail_ids: list[str] = []
     for raw in texts:
         text = raw.strip()
         if not text:
             raise ValueError("empty id")
-        if text.isdigit():
+        if text.isdigit() and text.isascii() and len(text) <= MAX_SEQ_DIGITS:
             if int(text) == 0:
                 raise ValueError("id 0: stream sequences start at 1")
             seqs.append(int(text))
@@ -170,8 +175,9 @@ class Replay(msgspec.Struct, frozen=True, kw_only=True):
     msg_id: str
     rcpt_to: list[str]
     outcome: str = "planned"
-    """``planned`` (dry run), ``queued``, or ``already-queued`` (the MAIL stream's duplicate
-    window dropped it: an earlier replay of this dead letter was stored)."""
+    """``planned`` (dry run), ``queued``, ``already-queued`` (the MAIL stream's duplicate
+    window dropped it: an earlier replay of this dead letter was stored) or
+    ``body-missing`` (its body object is gone: nothing was queued, the dead letter stays)."""
     mail_seq: int | None = None
 
 
@@ -193,7 +199,8 @@ class Purge(msgspec.Struct, frozen=True, kw_only=True):
     outcome: str = "planned"
     """``planned`` (dry run) or ``purged``."""
     body: str = "none"
-    """What happened to its body object: ``none`` (inline), ``deleted``, ``kept``
+    """What happened to its body object: ``none`` (inline), ``planned`` (dry run),
+    ``deleted``, ``kept``
     (another dead letter or a queued mail still needs it), ``unchecked`` (the MAIL stream
     was too large to check, so it is kept; the bucket's TTL collects it) or ``missing``."""
 

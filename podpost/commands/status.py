@@ -1,0 +1,34 @@
+"""``podpost status``: per upstream and policy, what is queued, in flight, deferred and
+dead, and how old the policy snapshot is.
+
+`gather` is the one place that collects the figures, so a new section (say, the rate
+limiter's window usage per policy) is added there and shows in the table and the JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from podpost import bus, inspecting, reports, tables
+from podpost import settings as settings_mod
+from podpost.commands import running
+
+
+async def gather(conn: bus.Conn, now: datetime) -> reports.StatusReport:
+    """Every figure ``status`` shows."""
+    return await inspecting.status(conn, now)
+
+
+def status(cfg: settings_mod.Settings, *, as_json: bool) -> None:
+    async def work() -> None:
+        async with running.connect(cfg.nats) as conn:
+            report = await gather(conn, running.now())
+        if as_json:
+            running.emit_json(report)
+        else:
+            running.show(tables.status(report))
+        if report.unreadable_attempts:
+            running.note(f"note: {report.unreadable_attempts} attempt record(s) could not "
+                         "be read")
+
+    running.run(work)

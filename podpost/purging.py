@@ -1,0 +1,96 @@
+"""Purge dead letters: delete each from DEAD, say so with a `Purged` event, then delete
+the body objects that nothing refers to any more.
+
+A body object can be shared: a mail whose recipients met different fates has one body for
+its dead letters and for the part still queued. So a body is deleted only when no
+remaining dead letter and no queued mail refers to it. When the MAIL stream is too large
+to check (`inspecting.MAIL_WALK_BUDGET`), it is kept and the BODIES bucket's TTL collects
+it. The dead letter goes first, its body after: a crash in between leaves an object that
+the TTL collects, never a dead letter without its body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+import msgspec
+import nats.js.errors
+
+from podpost import bus, eventing, inspecting, reports
+from schemas import events
+
+API_TIMEOUT_S = 10.0
+
+PURGED = "purged"
+PLANNED = "planned"
+
+
+def _nothing() -> None:
+    pass
+
+
+async def purge(
+    conn: bus.Conn, chosen: Sequence[inspecting.Dead], *, dry_run: bool, now: datetime,
+    advance: Callable[[], None] = _nothing,
+) -> list[reports.Purge]:
+    """Purge ``chosen``; one row each, saying what became of it and of its body."""
+    rows: list[reports.Purge] = []
+    for dead in chosen:
+        item = dead.item
+        if dry_run:
+            rows.append(reports.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PLANNED,
+                                      body="none" if item.body_object is None else PLANNED))
+            continue
+        await delete_dead(conn, item.seq)
+        await eventing.emit(conn, events.Purged(
+            mail_id=item.mail_id, at=now, policy=item.policy, upstream=item.upstream,
+            dead_seq=item.seq))
+        rows.append(reports.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PURGED))
+        advance()
+    if dry_run:
+        return rows
+    fates = await release_bodies(conn, [d.item.body_object for d in chosen
+                                        if d.item.body_object is not None])
+    by_seq = {d.item.seq: d.item.body_object for d in chosen}
+    return [msgspec.structs.replace(row, body=fates.get(by_seq[row.seq] or "", "none"))
+            for row in rows]
+
+
+async def delete_dead(conn: bus.Conn, seq: int) -> bool:
+    """Delete one dead letter; False when it was gone already (another operator)."""
+    try:
+        async with asyncio.timeout(API_TIMEOUT_S):
+            return await conn.js.delete_msg(conn.names.dead_stream, seq)
+    except nats.js.errors.NotFoundError:
+        return False
+    except nats.js.errors.BadRequestError as exc:  # older servers: "no message found"
+        if "no message found" in (exc.description or ""):
+            return False
+        raise
+
+
+async def release_bodies(conn: bus.Conn, candidates: Iterable[str]) -> dict[str, str]:
+    """Delete the body objects among ``candidates`` that nothing refers to any more; by
+    name: ``deleted``, ``missing`` (gone already), ``kept`` (still referred to) or
+    ``unchecked`` (the MAIL stream was too large to check; the TTL collects it)."""
+    wanted = set(candidates)
+    if not wanted:
+        return {}
+    remaining = await inspecting.dead_letters(conn)
+    used = {dead.item.body_object for dead in remaining.found if dead.item.body_object}
+    queued = await inspecting.queued_body_refs(conn)
+    if queued is None:
+        return dict.fromkeys(wanted, "unchecked")
+    fates = dict.fromkeys(wanted, "kept")
+    store = await bus.bodies(conn)
+    for name in reports.orphaned(wanted, used | queued):
+        fates[name] = "deleted"
+        try:
+            async with asyncio.timeout(API_TIMEOUT_S):
+                await store.delete(name)
+        except nats.js.errors.NotFoundError:
+            fates[name] = "missing"
+    return fates
+
