@@ -14,8 +14,12 @@ never a failed attempt. The contract:
   ``await limiter.wait(policy_key, ratelimit, max_s)``, which returns once the window may
   allow more (or after at most ``max_s``), then asks again.
 
-Only the trivial `Unlimited` lives here for now; the global counting limiter (issue 5)
-implements the same three methods.
+`Unlimited` grants everything. The global limiter, `dispatcher.ratekv.KvLimiter`, counts
+each policy's messages in fixed windows aligned to the epoch, in a JetStream KV bucket
+shared by all replicas and updated only by compare-and-swap; its arithmetic is here, pure:
+the window a moment falls in (`window_start`), what may be granted (`grant`), what a refund
+leaves (`refunded`) and how long to wait for the next window (`wait_s`). Times are integer
+epoch milliseconds, so every replica computes the same window boundaries.
 """
 
 from __future__ import annotations
@@ -56,3 +60,35 @@ class Unlimited:
         self, policy_key: str, ratelimit: snapshot.RateLimit | None, max_s: float
     ) -> None:
         return None
+
+
+# --- window arithmetic (pure) -------------------------------------------------------------
+
+
+def period_ms(ratelimit: snapshot.RateLimit, scale: float = 1.0) -> int:
+    """The window length in milliseconds: the policy's period times ``scale`` (tests
+    shrink a minute to seconds), at least one millisecond."""
+    return max(1, round(ratelimit.period_s * scale * 1000))
+
+
+def window_start(now_ms: int, period: int) -> int:
+    """Start of the window holding ``now_ms``: windows are aligned to the epoch, so every
+    replica agrees on the boundaries (up to its clock's skew)."""
+    return now_ms - now_ms % period
+
+
+def grant(maximum: int, used: int, want: int) -> int:
+    """Tokens to grant from a window with ``used`` of ``maximum`` taken: as many as asked,
+    never more than what is left, never negative."""
+    return max(0, min(want, maximum - used))
+
+
+def refunded(used: int, unused: int) -> int:
+    """The count after giving back ``unused`` tokens; never below zero."""
+    return max(0, used - max(0, unused))
+
+
+def wait_s(now_ms: int, period: int, max_s: float) -> float:
+    """Seconds until the next window starts, at most ``max_s``, never negative."""
+    until = (window_start(now_ms, period) + period - now_ms) / 1000
+    return max(0.0, min(max_s, until))

@@ -127,6 +127,14 @@ def kv_configs(bus: names.Bus, retention: names.Retention, replicas: int) -> lis
             storage=StorageType.FILE,
             replicas=replicas,
         ),
+        KeyValueConfig(
+            bucket=bus.rates_bucket,
+            description="podpost: per-policy rate-limit windows, updated by compare-and-swap",
+            history=1,
+            ttl=retention.rates_ttl_s,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
     ]
 
 
@@ -193,6 +201,10 @@ async def credentials_kv(conn: Conn) -> KeyValue:
 
 async def attempts_kv(conn: Conn) -> KeyValue:
     return await conn.js.key_value(conn.names.attempts_bucket)
+
+
+async def rates_kv(conn: Conn) -> KeyValue:
+    return await conn.js.key_value(conn.names.rates_bucket)
 
 
 async def bodies(conn: Conn) -> ObjectStore:

@@ -98,6 +98,11 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
     def bodies_bucket(self) -> str:
         return f"{self._upper}_BODIES"
 
+    @property
+    def rates_bucket(self) -> str:
+        """Per-policy rate-limit counters, one key per window (`schemas.rates`)."""
+        return f"{self._upper}_RATES"
+
     snapshot_key: str = "snapshot"
 
     # subjects
@@ -154,3 +159,6 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     """Bodies are deleted on delivery and purge; this TTL only collects what a crash left
     behind. It must outlive the max queue age (5 days) and the DEAD retention (30 days)."""
     attempts_days: float = 35.0
+    rates_ttl_s: float = 2 * 3600.0
+    """Rate-limit counters vanish this long after their last write: two windows of the
+    longest period (an hour), so the current and the previous window are always there."""

@@ -1,0 +1,171 @@
+"""The global rate limiter: per-policy counters in the RATES bucket, shared by every
+dispatcher replica and changed only by compare-and-swap.
+
+kube-mail reads a counter, then increments it: two replicas can both see room and both
+send. Here a grant is a read followed by a write that names the revision it read (a
+create when the window has no key yet); a replica that lost the race reads again, a
+bounded number of times. So the count of a window never exceeds the policy's maximum,
+whatever the number of replicas. Windows are fixed and aligned to the epoch
+(`limiting.window_start`), keyed ``<policy-token>.<window-start-ms>`` (`schemas.rates`);
+the bucket's TTL removes old ones.
+
+Tokens a worker was granted but did not use (fewer messages arrived) are given back to
+the window they came from, while it lasts. Which window that was is remembered per asyncio
+task (a `ContextVar`): each worker fetches in its own task, so two workers never mix up
+their grants.
+
+Failure never loses mail: a broker error or a lost race grants nothing, the mail stays in
+the stream, and the worker waits and asks again. A refund that cannot be written is
+dropped, which only leaves a window less used than it could have been.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.kv import KeyValue
+
+from dispatcher import limiting
+from schemas import rates, snapshot
+
+log = structlog.get_logger("dispatcher.ratekv")
+
+KV_TIMEOUT_S = 5.0
+"""Deadline of each counter read or write; a slower broker grants nothing this round."""
+CAS_TRIES = 10
+"""Reads-and-writes per grant before giving up for this round (others won every race)."""
+CAS_JITTER_S = 0.005
+"""Up to this much random pause (times the try number) after a lost race, so the
+replicas that collided do not collide again."""
+WAKE_MARGIN_S = 0.005
+"""Waiting for the next window sleeps this much past its start, so the next acquire
+is surely in it."""
+
+
+def now_ms() -> int:
+    """The wall clock in epoch milliseconds: windows are aligned across processes."""
+    return time.time_ns() // 1_000_000
+
+
+class _Contended(Exception):
+    """Every compare-and-swap try of one change lost its race."""
+
+
+@dataclass(frozen=True)
+class _Grant:
+    """The last grant of one task: the window it came from and what is left to refund."""
+
+    key: str
+    window: rates.RateWindow
+    tokens: int
+
+
+_last_grant: contextvars.ContextVar[_Grant | None] = contextvars.ContextVar(
+    "podpost_last_rate_grant", default=None)
+
+
+class KvLimiter:
+    """`limiting.Limiter` over a KV bucket; policies without a rate limit cost no I/O."""
+
+    def __init__(
+        self, kv: KeyValue, *, scale: float = 1.0, clock: Callable[[], int] = now_ms
+    ) -> None:
+        self._kv = kv
+        self._scale = scale
+        self._clock = clock
+
+    async def acquire(
+        self, policy_key: str, ratelimit: snapshot.RateLimit | None, want: int
+    ) -> int:
+        _last_grant.set(None)
+        if ratelimit is None:
+            return max(0, want)
+        if want <= 0:
+            return 0
+        period = limiting.period_ms(ratelimit, self._scale)
+        start = limiting.window_start(self._clock(), period)
+        key = rates.window_key(policy_key, start)
+        window = rates.RateWindow(policy=policy_key, start_ms=start, period_ms=period,
+                                  maximum=ratelimit.maximum)
+        try:
+            before, after = await self._swap(
+                key, window, lambda used: used + limiting.grant(ratelimit.maximum, used, want))
+        except (nats.errors.Error, TimeoutError, _Contended) as exc:
+            log.warning("dispatcher.rate_count_failed", policy=policy_key, window=key,
+                        error=str(exc) or type(exc).__name__)
+            return 0
+        granted = after - before
+        if granted > 0:
+            _last_grant.set(_Grant(key=key, window=window, tokens=granted))
+        return granted
+
+    async def refund(
+        self, policy_key: str, ratelimit: snapshot.RateLimit | None, unused: int
+    ) -> None:
+        grant = _last_grant.get()
+        if ratelimit is None or grant is None or grant.window.policy != policy_key:
+            return
+        back = min(max(0, unused), grant.tokens)
+        if back == 0:
+            return
+        _last_grant.set(_Grant(key=grant.key, window=grant.window, tokens=grant.tokens - back))
+        if self._clock() >= grant.window.end_ms:
+            return  # that window is over: nothing left to give back to
+        try:
+            await self._swap(grant.key, grant.window,
+                             lambda used: limiting.refunded(used, back))
+        except (nats.errors.Error, TimeoutError, _Contended) as exc:
+            log.warning("dispatcher.rate_refund_dropped", policy=policy_key,
+                        window=grant.key, tokens=back, error=str(exc) or type(exc).__name__)
+
+    async def wait(
+        self, policy_key: str, ratelimit: snapshot.RateLimit | None, max_s: float
+    ) -> None:
+        if ratelimit is None:
+            return
+        delay = limiting.wait_s(self._clock(), limiting.period_ms(ratelimit, self._scale),
+                                max_s)
+        await asyncio.sleep(min(max(0.0, max_s), delay + WAKE_MARGIN_S))
+
+    async def _swap(
+        self, key: str, window: rates.RateWindow, step: Callable[[int], int]
+    ) -> tuple[int, int]:
+        """Apply ``step`` (count -> new count) to the window's key by compare-and-swap;
+        (count before, count after). A key that does not decode counts as full."""
+        for attempt in range(CAS_TRIES):
+            revision: int | None = None
+            used = 0
+            try:
+                async with asyncio.timeout(KV_TIMEOUT_S):
+                    entry = await self._kv.get(key)
+                revision = entry.revision
+                used = rates.window_decoder.decode(entry.value or b"").used
+            except nats.js.errors.KeyNotFoundError:
+                pass
+            except msgspec.DecodeError:
+                log.error("dispatcher.rate_window_invalid", window=key)
+                used = window.maximum
+            new = step(used)
+            if new == used:
+                return used, used
+            value = rates.window_encoder.encode(msgspec.structs.replace(window, used=new))
+            try:
+                async with asyncio.timeout(KV_TIMEOUT_S):
+                    if revision is None:
+                        await self._kv.create(key, value)
+                    else:
+                        await self._kv.update(key, value, last=revision)
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+                await asyncio.sleep(random.uniform(0, CAS_JITTER_S * (attempt + 1)))
+                continue
+            return used, new
+        raise _Contended(f"{CAS_TRIES} compare-and-swap tries lost on {key}")

@@ -1,0 +1,64 @@
+"""The per-policy rate-limit counters in the RATES bucket: their key layout and value.
+
+Dispatchers count each policy's messages in fixed windows aligned to the epoch (a
+minute window starts on a whole minute), one key per policy and window:
+``<namespace>.<name>.<window start in epoch milliseconds>`` (the policy key as two subject
+tokens, `names.key_token`). The value says which window it counts, so a reader such as
+``podpost status`` needs neither the dispatchers' settings nor their clock. Keys are
+written with compare-and-swap only; the bucket's TTL removes old windows.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas import names
+
+
+class RateWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """How many messages of ``policy`` were granted in one window."""
+
+    policy: str
+    """``<namespace>/<name>`` of the EmailPolicy."""
+    start_ms: int
+    """Window start, epoch milliseconds."""
+    period_ms: int
+    """Window length in milliseconds (the policy's period times the dispatchers'
+    ``rate_window_scale``)."""
+    maximum: int
+    """The policy's limit when the window was last written."""
+    used: int = 0
+    """Messages granted in this window, refunds deducted."""
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + self.period_ms
+
+
+window_encoder = msgspec.json.Encoder()
+window_decoder = msgspec.json.Decoder(RateWindow)
+
+
+def window_key(policy: str, start_ms: int) -> str:
+    """``ns/my.name`` at ``start_ms`` -> ``ns.my_name.<start_ms>``."""
+    return f"{names.key_token(policy)}.{start_ms}"
+
+
+def parse_window_key(key: str) -> tuple[str, int]:
+    """The inverse of `window_key`: (policy key, window start in epoch ms)."""
+    parts = key.split(".")
+    if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2].isdigit():
+        raise names.InvalidKey(f"not a rate window key: {key!r}")
+    return names.token_key(f"{parts[0]}.{parts[1]}"), int(parts[2])
+
+
+def current(windows: list[RateWindow], now_ms: int) -> dict[str, RateWindow]:
+    """Per policy, the stored window that contains ``now_ms`` (policies whose current
+    window has no key yet have used nothing in it and are absent)."""
+    out: dict[str, RateWindow] = {}
+    for window in windows:
+        if window.start_ms <= now_ms < window.end_ms:
+            seen = out.get(window.policy)
+            if seen is None or window.start_ms > seen.start_ms:
+                out[window.policy] = window
+    return out
