@@ -58,15 +58,17 @@ async def purge(
             for row in rows]
 
 
+NO_MESSAGE = 10057
+"""JetStream's error code for "no message found" (a 500 on delete)."""
+
+
 async def delete_dead(conn: bus.Conn, seq: int) -> bool:
     """Delete one dead letter; False when it was gone already (another operator)."""
     try:
         async with asyncio.timeout(API_TIMEOUT_S):
             return await conn.js.delete_msg(conn.names.dead_stream, seq)
-    except nats.js.errors.NotFoundError:
-        return False
-    except nats.js.errors.BadRequestError as exc:  # older servers: "no message found"
-        if "no message found" in (exc.description or ""):
+    except nats.js.errors.APIError as exc:
+        if exc.err_code == NO_MESSAGE or isinstance(exc, nats.js.errors.NotFoundError):
             return False
         raise
 

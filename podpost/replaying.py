@@ -102,8 +102,15 @@ async def _one(
 
 
 async def _copy_body(store: ObjectStore, ref: mail.BodyRef, name: str) -> mail.BodyRef | None:
-    """The body under ``name`` (written again if it is there: the same bytes); None when
-    the original is gone."""
+    """The replay's own copy of the body, under ``name``: already there when this dead
+    letter was replayed before (the same bytes), else copied. None when both are gone."""
+    copy = mail.BodyRef(name=name, size=ref.size, sha256=ref.sha256)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            await store.get_info(name)
+        return copy
+    except nats.js.errors.NotFoundError:
+        pass
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             result = await store.get(ref.name)
@@ -111,4 +118,4 @@ async def _copy_body(store: ObjectStore, ref: mail.BodyRef, name: str) -> mail.B
         return None
     async with asyncio.timeout(BODY_TIMEOUT_S):
         await store.put(name, result.data or b"")
-    return mail.BodyRef(name=name, size=ref.size, sha256=ref.sha256)
+    return copy

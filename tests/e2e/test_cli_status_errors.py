@@ -1,0 +1,106 @@
+"""``podpost status`` counts, and how every operator command fails: one line on stderr,
+a non-zero exit, no traceback, and no hang when no broker answers."""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from dispatcher import consumers
+from podpost import bus, settings
+from schemas import mail
+from tests.support import cli
+from tests.support import dispatching as d
+from tests.support import upstream as upstream_mod
+
+UP = "mail/up"
+POLICY = "apps/web"
+OTHER = "apps/batch"
+
+
+async def test_status_counts_queued_in_flight_deferred_and_dead(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, upstream: upstream_mod.Upstream
+) -> None:
+    """Three queued mails of which one is held by a consumer (in flight) and one waits
+    for its next attempt (deferred), and two dead letters, are counted per upstream and
+    policy next to the snapshot's revision."""
+    web = d.policy_view(POLICY, UP)
+    batch = d.policy_view(OTHER, UP)
+    revision = await d.publish_snapshot(conn, [web, batch], [d.upstream_view(UP, upstream)])
+    envs = [d.envelope(web, ["a@example.org"]), d.envelope(web, ["b@example.org"]),
+            d.envelope(batch, ["c@example.org"])]
+    for env in envs:
+        await d.queue(conn, env)
+    sub = await consumers.subscribe(conn, consumers.Pair(UP, POLICY),
+                                    settings.DispatcherSettings())
+    try:
+        [held] = await sub.fetch(1, timeout=5)  # delivered to "a dispatcher", not acked
+        record = mail.AttemptRecord(attempts=1, policy=OTHER, upstream=UP,
+                                    next_attempt_at=datetime.now(UTC) + timedelta(hours=1))
+        attempts = await bus.attempts_kv(conn)
+        await attempts.put(mail.attempts_key(envs[2]), msgspec.json.encode(record))
+        for env in envs[:2]:
+            letter = mail.DeadLetter(envelope=env, fate="permanent", code=550,
+                                     dead_at=datetime.now(UTC))
+            await conn.js.publish(conn.names.dead_subject(UP), msgspec.json.encode(letter))
+
+        report = (await cli.podpost(nats_settings.url, "status", "--json")).json()
+        assert report["snapshot"]["revision"] == revision
+        assert 0 <= report["snapshot"]["age_s"] < 60
+        [row] = report["upstreams"]
+        assert (row["upstream"], row["queued"], row["in_flight"], row["deferred"],
+                row["dead"]) == (UP, 3, 1, 1, 2)
+        assert [(p["policy"], p["queued"], p["in_flight"], p["deferred"])
+                for p in row["policies"]] == [(OTHER, 1, None, 1), (POLICY, 2, 1, 0)]
+
+        table = await cli.podpost(nats_settings.url, "status")
+        assert table.code == 0, table.err
+        assert f"revision {revision}" in table.out
+        [line] = [line for line in table.out.splitlines() if UP in line]
+        cells = [cell.strip() for cell in line.split("│")]
+        assert cells[1:6] == [UP, "3", "1", "1", "2"]
+        await held.ack()
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_bad_input_is_one_line_and_a_non_zero_exit(
+    conn: bus.Conn, nats_settings: settings.NatsSettings
+) -> None:
+    """Unknown ids, bad durations, bad keys and contradictory arguments each give one
+    clear line on stderr; usage errors exit 2, the rest 1; nothing is done."""
+    url = nats_settings.url
+    env = d.envelope(d.policy_view(POLICY, UP), ["a@example.org"])
+    letter = mail.DeadLetter(envelope=env, fate="permanent", dead_at=datetime.now(UTC))
+    await conn.js.publish(conn.names.dead_subject(UP), msgspec.json.encode(letter))
+
+    cases = [
+        (("dlq", "show", "99"), 1, "no dead letter with id 99"),
+        (("dlq", "replay", "1", "99", "nosuchmail"), 1, "no dead letter with id 99, nosuchmail"),
+        (("dlq", "purge", "1", "--all"), 2, "give IDs or --all, not both"),
+        (("dlq", "list", "--since", "5parsecs"), 2, "--since: not a duration: '5parsecs'"),
+        (("dlq", "purge", "--all", "--older-than", "1y"), 2, "--older-than: not a duration"),
+        (("dlq", "list", "--upstream", "nope"), 2, "--upstream: not a <namespace>/<name> key"),
+        (("trace", "nosuchmail"), 1, "no events for mail nosuchmail"),
+        (("caught", "show", "5"), 1, "no caught mail with id 5"),
+    ]
+    for args, code, message in cases:
+        result = await cli.podpost(url, *args)
+        assert message in cli.one_line_error(result), args
+        assert result.code == code, (args, result.code)
+    assert len(await d.dead_letters(conn)) == 1  # the replay with a bad id did nothing
+    assert await d.queued(conn) == 0
+
+
+async def test_no_broker_is_an_error_within_seconds() -> None:
+    """A NATS URL where something listens but never speaks (the worst case: nothing
+    refuses the connection) gives one line and exit 1, not a hang."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        result = await cli.podpost(f"nats://127.0.0.1:{port}", "dlq", "list", timeout_s=20)
+    assert f"cannot reach NATS at nats://127.0.0.1:{port}" in cli.one_line_error(result)
+    assert result.code == 1

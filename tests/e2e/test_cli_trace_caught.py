@@ -1,0 +1,92 @@
+"""``podpost trace`` and ``podpost caught`` through the real entry point: a mail sent
+through the real ingress and retried by a dispatcher running in the test, and mail kept
+by the catcher sink."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from podpost import bus, settings
+from schemas import events, names, snapshot
+from tests.support import cli
+from tests.support import dispatching as d
+from tests.support import ingress as ingress_mod
+from tests.support import upstream as upstream_mod
+
+POLICY = "apps/open"
+UP = "mail/relay"
+MESSAGE = (b"From: app@example.org\r\nTo: you@example.org\r\nSubject: retried once\r\n\r\n"
+           b"hello through podpost\r\n")
+
+
+async def test_trace_shows_a_retried_mail_from_accepted_to_delivered(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, upstream: upstream_mod.Upstream
+) -> None:
+    """A mail accepted by the ingress, refused once with 451 and then delivered is traced
+    as accepted, attempted, deferred, attempted, delivered, as a table and as JSON."""
+    upstream.handler.flaky = 1
+    policy = d.policy_view(POLICY, UP)
+    snap = snapshot.PolicySnapshot(
+        generated_at=datetime.now(UTC), policies={POLICY: policy},
+        upstreams={UP: d.upstream_view(UP, upstream)},
+        routes=[snapshot.Route(network="127.0.0.1/32", policy=POLICY, source="pod:apps/a")],
+        source="test")
+    await ingress_mod.put_snapshot(conn, snap)
+    async with d.recording_events(conn) as seen, d.dispatcher(d.config(nats_settings)), \
+            ingress_mod.running(ingress_mod.make_settings(nats_settings)) as ingress:
+        reply = await ingress_mod.send(ingress, "app@example.org", ["you@example.org"],
+                                       MESSAGE)
+        mail_id = reply.rsplit(" ", 1)[-1]
+        await upstream.handler.wait_for(1)
+        await d.eventually(lambda: bool(d.of_kind(seen, events.Delivered)))
+
+    url = nats_settings.url
+    traced = (await cli.podpost(url, "trace", mail_id, "--json")).json()
+    assert [e["kind"] for e in traced] == [
+        "accepted", "attempted", "deferred", "attempted", "delivered"]
+    assert {(e["mail_id"], e["policy"], e["upstream"]) for e in traced[1:]} == {
+        (mail_id, POLICY, UP)}
+    assert [(e.get("attempt"), e.get("code")) for e in traced[2:]] == [
+        (1, 451), (2, None), (2, 250)]
+
+    table = await cli.podpost(url, "trace", mail_id, "--since", "1h")
+    assert table.code == 0, table.err
+    assert f"mail {mail_id}: 5 events" in table.out
+    kinds = [word for line in table.out.splitlines() for word in line.split()
+             if word in {"accepted", "attempted", "deferred", "delivered"}]
+    assert kinds == ["accepted", "attempted", "deferred", "attempted", "delivered"]
+
+
+async def test_caught_mail_is_listed_and_shown(
+    conn: bus.Conn, nats_settings: settings.NatsSettings
+) -> None:
+    """Mail for a catcher policy is listed (table and JSON) and shown by stream sequence
+    or mail id: its headers and text, or the raw message."""
+    policy = d.policy_view(POLICY, names.CATCHER)
+    await d.publish_snapshot(conn, [policy], [])
+    first = d.envelope(policy, ["you@example.org"], body=MESSAGE)
+    second = d.envelope(policy, ["them@example.org", "more@example.org"])
+    async with d.dispatcher(d.config(nats_settings)):
+        await d.queue(conn, first)
+        await d.eventually(lambda: d.drained(conn))
+        await d.queue(conn, second)
+        await d.eventually(lambda: d.drained(conn))
+
+    url = nats_settings.url
+    listed = (await cli.podpost(url, "caught", "list", "--json")).json()
+    assert [(row["id"], row["mail_id"], row["policy"], row["rcpt_to"], row["subject"])
+            for row in listed] == [
+        (1, first.id, POLICY, ["you@example.org"], "retried once"),
+        (2, second.id, POLICY, ["them@example.org", "more@example.org"], "hi")]
+
+    table = await cli.podpost(url, "caught", "list")
+    assert table.code == 0, table.err
+    assert "2 caught mails" in table.out and "retried once" in table.out
+
+    shown = await cli.podpost(url, "caught", "show", "1")
+    assert shown.code == 0, shown.err
+    assert "Subject:" in shown.out and "hello through podpost" in shown.out
+    assert first.id in shown.out
+
+    raw = await cli.podpost(url, "caught", "show", second.id, "--raw")
+    assert raw.stdout == d.BODY
