@@ -267,6 +267,51 @@ def status(nats_url: NatsUrl = None, json_: Json = False) -> None:
     status_cmd.status(_nats(nats_url), as_json=json_)
 
 
+def _password_option(role: str) -> Any:
+    from podpost import natsauth
+
+    variable = natsauth.password_variable(role)
+    return typer.Option(f"--{role}-password", envvar=variable,
+                        help=f"Password of the {role} user (or ${variable}).")
+
+
+@app.command("nats-config")
+def nats_config(
+    fmt: Annotated[str, typer.Option(
+        "--format", help="conf (nats-server), helm-values (NATS chart) or secret.")] = "conf",
+    prefix: Annotated[str | None, typer.Option(help="Bus prefix; PODPOST_NATS__PREFIX.")] = None,
+    secret_name: Annotated[str, typer.Option(help="Secret holding the passwords.")
+                           ] = "podpost-nats-users",
+    namespace: Annotated[str | None, typer.Option(help="Namespace of the Secret.")] = None,
+    ingress_password: Annotated[str | None, _password_option("ingress")] = None,
+    dispatcher_password: Annotated[str | None, _password_option("dispatcher")] = None,
+    reconciler_password: Annotated[str | None, _password_option("reconciler")] = None,
+    admin_password: Annotated[str | None, _password_option("admin")] = None,
+) -> None:
+    """Print the per-role NATS users and their subject permissions.
+
+    ``secret`` makes a random password for every role not given one."""
+    import secrets
+
+    from podpost import natsauth
+    from schemas import names
+
+    given = {"ingress": ingress_password, "dispatcher": dispatcher_password,
+             "reconciler": reconciler_password, "admin": admin_password}
+    passwords = {role: value for role, value in given.items() if value}
+    if fmt == "secret":
+        for role in natsauth.ROLES:
+            passwords.setdefault(role, secrets.token_urlsafe(24))
+    try:
+        bus = names.Bus(prefix=prefix or load_settings().nats.prefix)
+        text = natsauth.render(bus, fmt, passwords, secret_name=secret_name,
+                               namespace=namespace)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    typer.echo(text, nl=False)
+
+
 def main() -> None:
     app()
 

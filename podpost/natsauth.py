@@ -1,0 +1,339 @@
+"""Per-role NATS users and their subject permissions, computed from the bus names.
+
+Every role gets its own NATS user that may publish and subscribe to exactly what its job
+needs, so a compromised ingress (the one role every pod can talk to) cannot read upstream
+logins, and only the reconciler can change what policy and credentials say:
+
+- ``ingress``: publish mail, store big bodies, emit events, read the POLICY snapshot.
+- ``dispatcher``: consume MAIL, publish dead letters, caught mail and events, read POLICY
+  and CREDENTIALS, read and write its own ATTEMPTS and RATES buckets, read and delete bodies.
+- ``reconciler``: owns the bus layout (the only role that may create or update streams and
+  buckets) and is the only writer of POLICY and CREDENTIALS.
+- ``admin``: everything; for the operator's commands (``dlq``, ``trace``, ``status``).
+
+Permissions name JetStream API subjects per stream (never ``$JS.API.>``), since one
+``$JS.API.DIRECT.GET.KV_<credentials>`` would hand the logins to anyone. Replies come
+back on a per-role inbox prefix (`inbox_prefix`), and each role may only subscribe to its
+own: with the shared ``_INBOX.>`` a role could read the replies to another role's
+requests, credentials included.
+
+Pure: this module builds data and text; `podpost nats-config` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+import yaml
+
+from schemas import names
+
+ROLES = ("ingress", "dispatcher", "reconciler", "admin")
+"""Every NATS user the generator writes; ``admin`` is the operator's, not a process's."""
+
+API = "$JS.API"
+
+_ROLE_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+class Permissions(msgspec.Struct, frozen=True, kw_only=True):
+    """One user's allow and deny lists; a deny always wins over an allow."""
+
+    publish_allow: tuple[str, ...]
+    subscribe_allow: tuple[str, ...]
+    publish_deny: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    role: str
+    user: str
+    permissions: Permissions
+
+
+def inbox_prefix(bus: names.Bus, role: str) -> str:
+    """The reply-subject prefix of one role's connections: ``_INBOX.<prefix>.<role>``.
+
+    nats-py appends ``.<unique>`` to it for every request and push consumer."""
+    token = role if _ROLE_RE.match(role) else "client"
+    return f"_INBOX.{bus.prefix}.{token}"
+
+
+def user_name(bus: names.Bus, role: str) -> str:
+    """``podpost-ingress``: the NATS user of a role."""
+    return f"{bus.prefix}-{role}"
+
+
+def password_variable(role: str) -> str:
+    """The environment variable nats-server reads a role's password from."""
+    return f"PODPOST_NATS_PASSWORD_{role.upper()}"
+
+
+def rates_bucket(bus: names.Bus) -> str:
+    """The dispatchers' shared rate-limit bucket, named like every other bucket."""
+    named = getattr(bus, "rates_bucket", None)
+    if isinstance(named, str):
+        return named
+    return f"{bus.policy_bucket.removesuffix('_POLICY')}_RATES"
+
+
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def obj_stream(bucket: str) -> str:
+    return f"OBJ_{bucket}"
+
+
+def owned_streams(bus: names.Bus) -> tuple[str, ...]:
+    """Every JetStream stream of one installation, buckets and object store included."""
+    return (
+        bus.mail_stream, bus.dead_stream, bus.events_stream, bus.caught_stream,
+        kv_stream(bus.policy_bucket), kv_stream(bus.credentials_bucket),
+        kv_stream(bus.attempts_bucket), kv_stream(rates_bucket(bus)),
+        obj_stream(bus.bodies_bucket),
+    )
+
+
+# --- building blocks: the subjects one kind of access needs ---------------------------
+
+def _info(streams: Iterable[str]) -> list[str]:
+    """Stream info: what ``bus.ensure`` and ``kv.status()`` ask for; metadata only."""
+    return [f"{API}.STREAM.INFO.{s}" for s in streams]
+
+
+def _manage(streams: Iterable[str]) -> list[str]:
+    """Create and update, by name: the bus owner's, and nothing wider."""
+    out: list[str] = []
+    for s in streams:
+        out += [f"{API}.STREAM.CREATE.{s}", f"{API}.STREAM.UPDATE.{s}"]
+    return out
+
+
+def _get(stream: str) -> list[str]:
+    """Reading stored messages one by one (``kv.get``, object info), direct or not."""
+    return [f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>",
+            f"{API}.STREAM.MSG.GET.{stream}"]
+
+
+def _consume(stream: str) -> list[str]:
+    """Ephemeral ordered consumers (``kv.keys()``, object reads) and their flow control."""
+    return [f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.DELETE.{stream}.>", f"{API}.CONSUMER.INFO.{stream}.>",
+            f"$JS.FC.{stream}.>"]
+
+
+def _kv_read(bucket: str) -> list[str]:
+    return _get(kv_stream(bucket))
+
+
+def _kv_write(bucket: str) -> list[str]:
+    """Put, delete and purge are all publishes to ``$KV.<bucket>.<key>``."""
+    return [f"$KV.{bucket}.>"]
+
+
+def _kv_keys(bucket: str) -> list[str]:
+    return _consume(kv_stream(bucket))
+
+
+def _obj_put(bucket: str) -> list[str]:
+    """Chunks and meta; a put first looks for an older object (a get) and purges what a
+    failed put left (a purge)."""
+    stream = obj_stream(bucket)
+    return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"{API}.STREAM.PURGE.{stream}",
+            *_get(stream)]
+
+
+def _obj_read(bucket: str) -> list[str]:
+    """Object reads subscribe an ordered consumer found by subject (STREAM.NAMES)."""
+    stream = obj_stream(bucket)
+    return [*_get(stream), *_consume(stream), f"{API}.STREAM.NAMES"]
+
+
+def _durable_pull(stream: str) -> list[str]:
+    """Shared durable pull consumers: create, bind, fetch, ack/nak/term/in-progress."""
+    return [f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.DURABLE.CREATE.{stream}.>", f"{API}.CONSUMER.INFO.{stream}.>",
+            f"{API}.CONSUMER.LIST.{stream}", f"{API}.CONSUMER.NAMES.{stream}",
+            f"{API}.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>"]
+
+
+def _dedupe(subjects: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(subjects))
+
+
+def _secret_reads(bus: names.Bus) -> list[str]:
+    """Every way to read the CREDENTIALS bucket's values."""
+    bucket = bus.credentials_bucket
+    return [*_kv_read(bucket), *_kv_keys(bucket)]
+
+
+# --- the roles ------------------------------------------------------------------------
+
+def permissions(bus: names.Bus, role: str) -> Permissions:
+    """The allow and deny lists of one role."""
+    ensure = _info(owned_streams(bus))
+    inbox = inbox_prefix(bus, role) + ".>"
+    credentials = bus.credentials_bucket
+    policy = bus.policy_bucket
+    if role == "ingress":
+        return Permissions(
+            publish_allow=_dedupe([
+                *ensure,
+                bus.mail_filter(),
+                bus.events_filter(),
+                *_kv_read(policy),
+                *_obj_put(bus.bodies_bucket),
+            ]),
+            subscribe_allow=(inbox,),
+            # Belt and braces: these are outside the allow list anyway.
+            publish_deny=_dedupe([*_secret_reads(bus), *_kv_write(credentials),
+                                  *_kv_write(policy)]),
+            subscribe_deny=tuple(_kv_write(credentials)),
+        )
+    if role == "dispatcher":
+        rates = rates_bucket(bus)
+        return Permissions(
+            publish_allow=_dedupe([
+                *ensure,
+                *_durable_pull(bus.mail_stream),
+                bus.dead_filter(),
+                bus.caught_filter(),
+                bus.events_filter(),
+                *_kv_read(policy),
+                *_kv_read(credentials),
+                *_kv_read(bus.attempts_bucket), *_kv_write(bus.attempts_bucket),
+                *_kv_keys(bus.attempts_bucket),
+                *_kv_read(rates), *_kv_write(rates), *_kv_keys(rates),
+                *_obj_read(bus.bodies_bucket), *_obj_put(bus.bodies_bucket),
+            ]),
+            subscribe_allow=(inbox,),
+            publish_deny=_dedupe([*_kv_write(credentials), *_kv_write(policy),
+                                  *_manage(owned_streams(bus))]),
+        )
+    if role == "reconciler":
+        return Permissions(
+            publish_allow=_dedupe([
+                *ensure,
+                *_manage(owned_streams(bus)),
+                *_kv_read(policy), *_kv_write(policy), *_kv_keys(policy),
+                *_kv_read(credentials), *_kv_write(credentials), *_kv_keys(credentials),
+                bus.events_filter(),
+            ]),
+            subscribe_allow=(inbox,),
+        )
+    if role == "admin":
+        return Permissions(publish_allow=(">",), subscribe_allow=(">",))
+    raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+
+
+def users(bus: names.Bus, roles: Iterable[str] = ROLES) -> list[User]:
+    return [User(role=r, user=user_name(bus, r), permissions=permissions(bus, r))
+            for r in roles]
+
+
+# --- output ---------------------------------------------------------------------------
+
+def _permission_tree(perms: Permissions) -> dict[str, Any]:
+    def side(allow: tuple[str, ...], deny: tuple[str, ...]) -> dict[str, list[str]]:
+        out = {"allow": list(allow)}
+        if deny:
+            out["deny"] = list(deny)
+        return out
+
+    return {"publish": side(perms.publish_allow, perms.publish_deny),
+            "subscribe": side(perms.subscribe_allow, perms.subscribe_deny)}
+
+
+class Literal(msgspec.Struct, frozen=True):
+    """A password given as text; written quoted."""
+
+    text: str
+
+
+class Variable(msgspec.Struct, frozen=True):
+    """A password nats-server reads from its environment; written as ``$NAME``."""
+
+    name: str
+
+
+Password = Literal | Variable
+
+
+def server_config(bus: names.Bus, passwords: Mapping[str, Password],
+                  roles: Iterable[str] = ROLES) -> str:
+    """The ``authorization { users: [...] }`` block of a nats-server config file.
+
+    Subjects are quoted (``"$JS.API..."`` is text, an unquoted ``$X`` is a variable)."""
+    lines = [f"# podpost NATS users for prefix {bus.prefix!r}; generated by podpost nats-config",
+             "authorization {", "  users: ["]
+    for user in users(bus, roles):
+        password = passwords.get(user.role, Variable(password_variable(user.role)))
+        written = (json.dumps(password.text) if isinstance(password, Literal)
+                   else f"${password.name}")
+        lines.append(f"    {{user: {json.dumps(user.user)}, password: {written},")
+        lines.append(f"     permissions: {json.dumps(_permission_tree(user.permissions))}}}")
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def helm_values(bus: names.Bus, secret_name: str, roles: Iterable[str] = ROLES
+                ) -> dict[str, Any]:
+    """Values for the official NATS chart (1.x): the users under ``config.merge`` with
+    each password as ``<< $VAR >>`` (written unquoted by the chart), and the variables
+    taken from keys of one Secret (``container.env``)."""
+    chosen = list(roles)
+    return {
+        "config": {"merge": {"authorization": {"users": [
+            {"user": u.user, "password": f"<< ${password_variable(u.role)} >>",
+             "permissions": _permission_tree(u.permissions)}
+            for u in users(bus, chosen)
+        ]}}},
+        "container": {"env": {
+            password_variable(role): {"valueFrom": {"secretKeyRef": {
+                "name": secret_name, "key": role}}}
+            for role in chosen
+        }},
+    }
+
+
+def secret_manifest(bus: names.Bus, secret_name: str, namespace: str | None,
+                    passwords: Mapping[str, str]) -> dict[str, Any]:
+    """A v1 Secret holding one password per role (keys = role names) and the user
+    names, for both the NATS pods and podpost's."""
+    metadata: dict[str, Any] = {"name": secret_name,
+                                "labels": {"app.kubernetes.io/part-of": "podpost"}}
+    if namespace:
+        metadata["namespace"] = namespace
+    data = dict(passwords)
+    data.update({f"{role}-user": user_name(bus, role) for role in passwords})
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque",
+            "stringData": data}
+
+
+FORMATS = ("conf", "helm-values", "secret")
+
+
+def render(bus: names.Bus, fmt: str, passwords: Mapping[str, str], *,
+           secret_name: str = "podpost-nats-users", namespace: str | None = None) -> str:
+    """What ``podpost nats-config`` prints.
+
+    - ``conf``: the nats-server block; a role without a given password reads it from
+      ``$PODPOST_NATS_PASSWORD_<ROLE>`` in the server's environment.
+    - ``helm-values``: the values for the NATS chart (see `helm_values`).
+    - ``secret``: the v1 Secret both charts read; every role needs a password."""
+    if fmt == "conf":
+        return server_config(bus, {r: Literal(p) for r, p in passwords.items()})
+    if fmt == "helm-values":
+        return yaml.safe_dump(helm_values(bus, secret_name), sort_keys=False, width=200)
+    if fmt == "secret":
+        missing = [r for r in ROLES if not passwords.get(r)]
+        if missing:
+            raise ValueError(f"no password for {', '.join(missing)}")
+        return yaml.safe_dump(secret_manifest(bus, secret_name, namespace, passwords),
+                              sort_keys=False)
+    raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
