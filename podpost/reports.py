@@ -404,6 +404,7 @@ def read_message(raw: bytes) -> MessageView:
         except (LookupError, ValueError) as exc:  # unknown charset, broken encoding
             content = f"(the text part cannot be decoded: {exc})"
         text = content if isinstance(content, str) else f"({len(content)} bytes of binary)"
+    text = text.replace("\r\n", "\n")  # SMTP's line ends; a terminal wants "\n"
     return MessageView(headers=headers, subject=subject, text=text)
 
 
