@@ -1,7 +1,9 @@
 """The dispatcher role: wiring only.
 
 One connection, and in one TaskGroup: the policy snapshot poller, the SMTP pool's idle
-reaper and the consumer discovery that runs a `worker` per (upstream, policy) consumer.
+reaper, the consumer discovery that runs a `worker` per (upstream, policy) consumer and,
+when metrics are served, the consumer-lag `sampling`. Ready (``/readyz``) with a live
+connection and a snapshot.
 On ``stop`` the workers stop fetching, finish what they hold within ``grace_s`` and
 cancel the rest; unacked messages are redelivered later, so nothing depends on this.
 """
@@ -13,8 +15,8 @@ import functools
 
 import structlog
 
-from dispatcher import consumers, keyring, limiting, pool, ratekv, settling, worker
-from podpost import bus, policies
+from dispatcher import consumers, keyring, limiting, pool, ratekv, sampling, settling, worker
+from podpost import bus, health, policies
 from podpost import settings as settings_mod
 
 log = structlog.get_logger("dispatcher.main")
@@ -27,7 +29,7 @@ async def serve(
     """Deliver queued mail until ``stop`` is set; ``limiter`` is the rate-limit seam
     (by default the global one over the RATES bucket, `ratekv.KvLimiter`)."""
     async with bus.connect(cfg.nats, "dispatcher") as conn:
-        holder = policies.SnapshotHolder()
+        holder = policies.SnapshotHolder(role="dispatcher")
         stores = settling.Stores(conn=conn, attempts=await bus.attempts_kv(conn),
                                  bodies=await bus.bodies(conn))
         async with pool.Pool(cfg.dispatcher) as smtp_pool:
@@ -39,9 +41,14 @@ async def serve(
                 keyring=keyring.Keyring(await bus.credentials_kv(conn)),
             )
             log.info("dispatcher.started", upstreams=cfg.dispatcher.upstreams or "all")
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(holder.run(conn, stop))
-                tg.create_task(smtp_pool.run(stop))
-                tg.create_task(consumers.run(
-                    conn, cfg, holder, functools.partial(worker.run, shared), stop))
+            ready = health.readiness.registered(
+                "dispatcher", health.connected(conn.nc), health.loaded(holder))
+            with ready:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(holder.run(conn, stop))
+                    tg.create_task(smtp_pool.run(stop))
+                    tg.create_task(consumers.run(
+                        conn, cfg, holder, functools.partial(worker.run, shared), stop))
+                    if cfg.health.port:
+                        tg.create_task(sampling.run(conn, cfg, stop))
     log.info("dispatcher.stopped")

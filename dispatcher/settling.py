@@ -12,8 +12,8 @@ it is stored:
    replayed) the body object deleted.
 
 A crash anywhere in between leaves the message unacked: it is redelivered after
-``ack_wait_s`` and the record says what is already done. Then the events and one log line
-per group.
+``ack_wait_s`` and the record says what is already done. Then the events, one log line
+per group, and the counters: a mail counts once under each fate its recipients got.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from dispatcher import classify, ledger
-from podpost import bus, eventing
+from podpost import bus, eventing, metrics
 from schemas import events, mail
 
 log = structlog.get_logger("dispatcher.settling")
@@ -83,6 +83,28 @@ async def settle(stores: Stores, item: Mail, decision: classify.Decision, now: d
             await _put_record(stores, key, record)  # a mere hold changes nothing worth it
         await item.msg.nak(delay=decision.delay_s)
     await _report(stores.conn, item, decision, now)
+    count(item, decision, now)
+
+
+def count_delivered(item: Mail, now: datetime) -> None:
+    """One mail delivered (by an upstream or the catcher), and how long it took."""
+    m = metrics.current()
+    m.delivered.labels(item.upstream, item.policy).inc()
+    m.latency.labels(item.upstream).observe(
+        max(0.0, (now - item.envelope.received_at).total_seconds()))
+
+
+def count(item: Mail, decision: classify.Decision, now: datetime) -> None:
+    """The dispatcher's counters for one settled decision; a hold counts nothing."""
+    m = metrics.current()
+    up, policy = item.upstream, item.policy
+    if decision.of(classify.Fate.DELIVERED):
+        count_delivered(item, now)
+    for fate in sorted({str(v.dead_fate or classify.DeadFate.PERMANENT)
+                        for v in decision.of(classify.Fate.DEAD)}):
+        m.dead.labels(up, policy, fate).inc()
+    if decision.of(classify.Fate.RETRY) and decision.attempt > 0:
+        m.deferred.labels(up, policy).inc()
 
 
 async def _dead_letter(

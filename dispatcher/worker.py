@@ -331,3 +331,4 @@ async def _catch(shared: Shared, item: settling.Mail) -> None:
         mail_id=env.id, at=now, policy=item.policy, upstream=item.upstream,
         reply="kept by the catcher", rcpt_to=list(env.rcpt_to)))
     log.info("dispatcher.mail_caught", rcpt_count=len(env.rcpt_to))
+    settling.count_delivered(item, now)

@@ -2,9 +2,10 @@
 message is admitted, names it, adds its trace headers and publishes it.
 
 Every refusal is answered with the reply `admission` chose, logged once as
-``ingress.mail_rejected`` and emitted as a ``Rejected`` event; every success is logged as
-``ingress.mail_accepted`` and emitted as ``Accepted``. Log context is cleared and bound per
-transaction (``peer``, then ``policy`` and ``mail_id``).
+``ingress.mail_rejected``, emitted as a ``Rejected`` event and counted by `reasons`;
+every success is logged as ``ingress.mail_accepted``, emitted as ``Accepted`` and
+counted. Log context is cleared and bound per transaction (``peer``, then ``policy`` and
+``mail_id``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from ingress import admission, headers, mailid, publishing, replies, routing
-from podpost import bus, eventing, policies
+from ingress import admission, headers, mailid, publishing, reasons, replies, routing
+from podpost import bus, eventing, metrics, policies
 from podpost import settings as settings_mod
 from schemas import events, mail
 from schemas import snapshot as snapshot_mod
@@ -173,6 +174,7 @@ class Handler:
         log.info("ingress.mail_accepted", upstream=policy.upstream, size=len(message),
                  rcpt_count=len(envelope.rcpt_tos), duplicate=duplicate, seq=ack.seq,
                  inline=len(message) <= self._cfg.inline_limit, smtp_code=250)
+        metrics.current().accepted.labels(policy.key, policy.upstream).inc()
         await self._emit(events.Accepted(
             mail_id=mail_id, at=now, policy=policy.key, upstream=policy.upstream,
             mail_from=mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(message),
@@ -207,6 +209,7 @@ class Handler:
         log.info("ingress.mail_rejected", smtp_code=refusal.code, reply=refusal.reply,
                  stage=refusal.stage, client_ip=ip, mail_from=mail_from, policy=policy,
                  **fields)
+        metrics.current().rejected.labels(reasons.of(refusal.reply), policy).inc()
         await self._emit(events.Rejected(
             mail_id=mail_id, at=datetime.now(UTC), policy=policy, upstream=upstream,
             code=refusal.code, reply=refusal.reply, client_ip=ip, stage=refusal.stage,

@@ -17,7 +17,7 @@ import structlog
 from ingress import handler as handler_mod
 from ingress import replies
 from ingress import sessions as sessions_mod
-from podpost import bus, policies
+from podpost import bus, health, policies
 from podpost import settings as settings_mod
 
 log = structlog.get_logger("ingress.main")
@@ -87,8 +87,20 @@ async def serve(
     socket is bound (port 0 picks a free one)."""
     hostname = cfg.ingress.hostname or await asyncio.to_thread(socket.getfqdn)
     async with bus.connect(cfg.nats, "ingress") as conn:
-        holder = policies.SnapshotHolder()
+        holder = policies.SnapshotHolder(role="ingress")
         await _first_snapshot(holder, conn)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(holder.run(conn, stop), name="ingress.snapshot")
-            await listen(cfg, conn, holder, stop, hostname=hostname, listening=listening)
+        bound = asyncio.Event()
+
+        def on_listening(host: str, port: int) -> None:
+            bound.set()
+            if listening is not None:
+                listening(host, port)
+
+        with health.readiness.registered(
+            "ingress", lambda: None if bound.is_set() else "not listening yet",
+            health.connected(conn.nc), health.loaded(holder),
+        ):
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(holder.run(conn, stop), name="ingress.snapshot")
+                await listen(cfg, conn, holder, stop, hostname=hostname,
+                             listening=on_listening)

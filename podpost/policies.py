@@ -9,13 +9,14 @@ restarts or the connection drops: the next poll simply succeeds.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
 
-from podpost import bus
+from podpost import bus, metrics
 from schemas import snapshot as snapshot_mod
 
 log = structlog.get_logger("podpost.policies")
@@ -24,10 +25,14 @@ log = structlog.get_logger("podpost.policies")
 class SnapshotHolder:
     """The latest good snapshot and its revision; ``None`` until the first one arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, role: str = "") -> None:
+        self.role = role
+        """The ``role`` label of its metrics; empty: not reported."""
         self.current: snapshot_mod.PolicySnapshot | None = None
         self.revision: int = 0
         self.loaded = asyncio.Event()
+        self.checked_at: float | None = None
+        """``time.monotonic()`` of the last successful read of the bucket."""
 
     def set(self, snap: snapshot_mod.PolicySnapshot, revision: int) -> None:
         self.current = snap
@@ -38,6 +43,7 @@ class SnapshotHolder:
         """Fetch the snapshot if its revision moved. True when a new one was loaded."""
         kv = await bus.policy_kv(conn)
         status = await kv.status()
+        self.checked_at = time.monotonic()
         last = status.stream_info.state.last_seq
         if last == self.revision:
             return False
@@ -60,6 +66,13 @@ class SnapshotHolder:
 
     async def run(self, conn: bus.Conn, stop: asyncio.Event, interval_s: float = 0.25) -> None:
         """Poll until ``stop`` is set; broker trouble is logged and retried next tick."""
+        if self.role:
+            with metrics.current().tracking(self.role, self):
+                await self._poll(conn, stop, interval_s)
+        else:
+            await self._poll(conn, stop, interval_s)
+
+    async def _poll(self, conn: bus.Conn, stop: asyncio.Event, interval_s: float) -> None:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(self.refresh(conn), 5.0)

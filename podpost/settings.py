@@ -160,7 +160,12 @@ class LogSettings(_Section, frozen=True, kw_only=True):
 class HealthSettings(_Section, frozen=True, kw_only=True):
     host: str = "0.0.0.0"
     port: int = 0
-    """Serves /healthz, /readyz and /metrics; 0 turns it off."""
+    """Serves /healthz, /readyz and /metrics (one server per process); 0 turns it off.
+    Off by default so several podpost processes on one machine never fight over a port;
+    the Helm chart sets it (8080)."""
+    sample_interval_s: float = 5.0
+    """How often a dispatcher reads its consumers' lag for /metrics (one broker request);
+    Prometheus scrapes every 15-30 s, so 5 s is fresh enough. Only while the port is set."""
 
 
 class Settings(_Section, frozen=True, kw_only=True):

@@ -23,7 +23,7 @@ import msgspec
 import nats.errors
 import structlog
 
-from podpost import bus
+from podpost import bus, metrics
 from podpost import settings as settings_mod
 from reconciler import building, documents, publishing
 
@@ -139,8 +139,10 @@ async def run(
                 log.error("reconciler.source_invalid", path=path, error=str(exc))
                 pending = None
             else:
+                built_s = time.perf_counter() - started
+                metrics.current().build_duration.set(built_s)
                 log.info("reconciler.snapshot_built", source=pending.snapshot.source,
-                         build_ms=round((time.perf_counter() - started) * 1000, 1),
+                         build_ms=round(built_s * 1000, 1),
                          policies=len(pending.snapshot.policies),
                          routes=len(pending.snapshot.routes))
                 _report(pending)

@@ -20,7 +20,7 @@ import msgspec
 import nats.errors
 import structlog
 
-from podpost import bus
+from podpost import bus, health, metrics
 from podpost import settings as settings_mod
 from reconciler import (
     building,
@@ -163,6 +163,7 @@ class KubeSource:
         started = time.perf_counter()
         result = building.build(self.inventory.inputs(), now=now, source=SOURCE)
         built_ms = (time.perf_counter() - started) * 1000
+        metrics.current().build_duration.set(built_ms / 1000)
         self.builds += 1
         remaining = self.leader.remaining()
         if remaining <= 0:
@@ -280,4 +281,5 @@ async def run(cfg: settings_mod.Settings, conn: bus.Conn, stop: asyncio.Event) -
 async def serve(cfg: settings_mod.Settings, stop: asyncio.Event) -> None:
     """The reconciler with the kubernetes source: connect, run until ``stop``."""
     async with bus.connect(cfg.nats, "reconciler") as conn:
-        await run(cfg, conn, stop)
+        with health.readiness.registered("reconciler", health.connected(conn.nc)):
+            await run(cfg, conn, stop)

@@ -11,7 +11,7 @@ import asyncio
 
 import structlog
 
-from podpost import bus
+from podpost import bus, health
 from podpost import settings as settings_mod
 from reconciler import filesource
 
@@ -27,5 +27,6 @@ async def serve(cfg: settings_mod.Settings, stop: asyncio.Event) -> None:
         return
     async with bus.connect(cfg.nats, "reconciler") as conn:
         log.info("reconciler.started", source="file", path=cfg.reconciler.file)
-        await filesource.run(conn, cfg.reconciler, stop)
+        with health.readiness.registered("reconciler", health.connected(conn.nc)):
+            await filesource.run(conn, cfg.reconciler, stop)
     log.info("reconciler.stopped", source="file")

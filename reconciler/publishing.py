@@ -5,16 +5,21 @@ so a restarted reconciler (or a new leader) neither republishes an unchanged sna
 leaves a stale login behind. The order keeps dispatchers supplied: new and changed logins
 first, then the snapshot that names them, then the deletion of logins no snapshot names any
 more. Passwords are never logged; only CREDENTIALS keys (``<ns>__<secret>``) are.
+
+Every run is counted by outcome (``changed``, ``unchanged``, ``failed``), and the snapshot
+in force is reported as the reconciler's in the ``podpost_snapshot_*`` gauges.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import msgspec
 import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
-from podpost import bus
+from podpost import bus, metrics
 from reconciler import building
 from schemas import snapshot
 
@@ -82,6 +87,18 @@ async def _put_credentials(
 
 async def publish(conn: bus.Conn, result: building.Build) -> Published:
     """Make the buckets hold ``result``; only what changed is written."""
+    m = metrics.current()
+    try:
+        published = await _publish(conn, result)
+    except (Exception, asyncio.CancelledError):  # a deadline cancels it: counted, re-raised
+        m.publishes.labels("failed").inc()
+        raise
+    m.publishes.labels("changed" if published.snapshot_changed else "unchanged").inc()
+    m.record_published(result.snapshot, published.revision)
+    return published
+
+
+async def _publish(conn: bus.Conn, result: building.Build) -> Published:
     policy_kv = await bus.policy_kv(conn)
     credentials_kv = await bus.credentials_kv(conn)
     stored = await _stored_keys(credentials_kv)
