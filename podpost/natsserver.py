@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -131,3 +132,49 @@ async def running(
         yield server
     finally:
         await server.stop()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    """Servers routed to each other on loopback, each with its own store: JetStream with
+    replicated streams on one machine, for failover tests."""
+
+    nodes: list[NatsServer]
+    names: list[str]
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated (as ``settings.nats.url`` takes them)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def node(self, name: str) -> NatsServer:
+        return self.nodes[self.names.index(name)]
+
+    async def start(self, timeout_s: float = 20.0) -> None:
+        await asyncio.gather(*(node.start(timeout_s) for node in self.nodes))
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            await node.stop()
+
+
+def cluster(base_dir: Path, size: int = 3, *, name: str = "podpost",
+            host: str = "127.0.0.1") -> Cluster:
+    """``size`` nodes named ``n0``.. whose cluster ports are chosen now (every node must
+    know its routes before it starts); each picks its client port when it starts."""
+    ports = [_free_port(host) for _ in range(size)]
+    routes = ",".join(f"nats://{host}:{port}" for port in ports)  # a route to self is ignored
+    names = [f"n{i}" for i in range(size)]
+    nodes = [
+        NatsServer(store_dir=base_dir / node_name, host=host, extra_args=(
+            "--name", node_name, "--cluster_name", name,
+            "--cluster", f"nats://{host}:{port}", "--routes", routes))
+        for node_name, port in zip(names, ports, strict=True)
+    ]
+    return Cluster(nodes=nodes, names=names)

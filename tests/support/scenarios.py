@@ -1,0 +1,165 @@
+"""The resilience scenarios, shared by the e2e tests (small loads, with assertions) and
+``bench/resilience.py`` (larger loads, figures only).
+
+Each starts its own nats-server (or 3-node cluster), an in-process upstream and real
+``podpost`` processes, runs a `relay.Load`, breaks something in the middle of it, and
+returns the `relay.Figures`: lost, duplicated, refusals seen by clients, crashes, peak RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from podpost import natsserver
+from schemas import names
+from tests.support import relay as relay_mod
+from tests.support import upstream as upstream_mod
+
+Breaker = Callable[[relay_mod.Relay, relay_mod.Load], Awaitable[dict[str, Any]]]
+
+
+async def _delivered_at_least(upstream: upstream_mod.Upstream, tag: str, count: int,
+                              timeout_s: float = 60.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        await relay_mod.arrivals(upstream, lambda: len(
+            relay_mod.count_tokens(upstream.handler.messages, tag)) >= count)
+
+
+async def _grows(load: relay_mod.Load, by: int, timeout_s: float) -> None:
+    """Until ``by`` more messages were confirmed or the load is fully confirmed."""
+    with contextlib.suppress(TimeoutError):
+        await load.until_confirmed(min(load.count, len(load.confirmed) + by), timeout_s)
+
+
+async def kill_ingress(relay: relay_mod.Relay, load: relay_mod.Load) -> dict[str, Any]:
+    """SIGKILL the ingress a quarter into the load, start it again on the same port."""
+    await load.until_confirmed(load.count // 4)
+    at_kill = len(load.confirmed)
+    await relay.ingress.kill()
+    await asyncio.sleep(0.5)
+    await relay.ingress.start()
+    return {"confirmed_at_kill": at_kill}
+
+
+async def kill_dispatcher(relay: relay_mod.Relay, load: relay_mod.Load) -> dict[str, Any]:
+    """SIGKILL one of the dispatchers once a quarter of the load was delivered, while it
+    holds messages; start a fresh one a second later."""
+    await _delivered_at_least(relay.upstream, load.tag, load.count // 4)
+    victim = relay.dispatchers()[0]
+    delivered = len(relay_mod.count_tokens(relay.upstream.handler.messages, load.tag))
+    confirmed = len(load.confirmed)
+    await victim.kill()
+    await asyncio.sleep(1.0)
+    await victim.start()
+    return {"delivered_at_kill": delivered, "confirmed_at_kill": confirmed}
+
+
+async def kill_reconciler(relay: relay_mod.Relay, load: relay_mod.Load) -> dict[str, Any]:
+    """SIGKILL the reconciler a quarter into the load; the relay goes on without it; start
+    it again once a tenth more was accepted."""
+    await load.until_confirmed(load.count // 4)
+    at_kill = len(load.confirmed)
+    await relay.reconciler.kill()
+    await _grows(load, load.count // 10, timeout_s=30.0)
+    while_down = len(load.confirmed) - at_kill
+    await relay.reconciler.start()
+    return {"confirmed_at_kill": at_kill, "confirmed_while_down": while_down}
+
+
+def kill_nats(server: natsserver.NatsServer, down_s: float = 2.0) -> Breaker:
+    """SIGKILL nats-server a quarter into the load, keep it down at least ``down_s`` and
+    until clients were answered 451, then restart it on the same port and store."""
+
+    async def breaker(relay: relay_mod.Relay, load: relay_mod.Load) -> dict[str, Any]:
+        await load.until_confirmed(load.count // 4)
+        at_kill = len(load.confirmed)
+        await server.kill()
+        started = time.monotonic()
+        for _ in range(200):  # at most 20 s
+            if load.refusals["451"] > 0 and time.monotonic() - started >= down_s:
+                break
+            await asyncio.sleep(0.1)
+        confirmed_while_down = len(load.confirmed) - at_kill
+        await server.start()
+        return {"confirmed_at_kill": at_kill, "confirmed_while_down": confirmed_while_down,
+                "down_s": round(time.monotonic() - started, 1)}
+
+    return breaker
+
+
+def kill_stream_leader(cluster: natsserver.Cluster) -> Breaker:
+    """SIGKILL the cluster node that leads the MAIL stream a quarter into the load."""
+
+    async def breaker(relay: relay_mod.Relay, load: relay_mod.Load) -> dict[str, Any]:
+        await load.until_confirmed(load.count // 4)
+        leader = await relay_mod.stream_leader(cluster.url, names.Bus().mail_stream)
+        at_kill = len(load.confirmed)
+        await cluster.node(leader).kill()
+        return {"killed": leader, "confirmed_at_kill": at_kill}
+
+    return breaker
+
+
+async def run_load(
+    scenario: str, dir: Path, nats_url: str, breaker: Breaker, *, messages: int,
+    sessions: int, dispatchers: int = 2, **env: str,
+) -> relay_mod.Figures:
+    """Start the relay, run the load with ``breaker`` acting in the middle of it, wait for
+    the deliveries and return the figures."""
+    upstream = await upstream_mod.start()
+    try:
+        async with relay_mod.running(dir, nats_url, upstream, dispatchers=dispatchers,
+                                     **env) as relay:
+            await relay_mod.wait_ready(relay)
+            load = relay_mod.Load(relay.port, messages, tag=scenario, sessions=sessions)
+            started = time.monotonic()
+            task = asyncio.create_task(load.run())
+            try:
+                notes = await breaker(relay, load)
+                await task
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            accepted_s = time.monotonic() - started
+            counts = await relay_mod.all_delivered(upstream, load, nats_url)
+            notes["accepted_s"] = round(accepted_s, 1)
+            return relay_mod.figures(
+                scenario, load, counts, crashes=relay.crashed(), rss=relay.peak_rss(),
+                seconds=time.monotonic() - started, **notes)
+    finally:
+        await upstream.close()
+
+
+async def crash(role: str, dir: Path, *, messages: int = 2000, sessions: int = 40
+                ) -> relay_mod.Figures:
+    """SIGKILL ``role`` (ingress, dispatcher, reconciler or nats) under load."""
+    async with natsserver.running(dir / "nats") as server:
+        breakers: dict[str, Breaker] = {
+            "ingress": kill_ingress, "dispatcher": kill_dispatcher,
+            "reconciler": kill_reconciler, "nats": kill_nats(server)}
+        figures = await run_load(f"kill-{role}", dir / "relay", server.url, breakers[role],
+                                 messages=messages, sessions=sessions)
+        figures.peak_rss_mib["nats-server"] = round(relay_mod.peak_rss_mib(
+            server.proc.pid if server.proc else None), 1)
+        return figures
+
+
+async def cluster_failover(dir: Path, *, messages: int = 2000, sessions: int = 40
+                           ) -> relay_mod.Figures:
+    """A 3-node cluster, 3-replica streams; SIGKILL the MAIL stream's leader under load."""
+    nodes = natsserver.cluster(dir / "cluster")
+    try:
+        await nodes.start()
+        await relay_mod.jetstream_ready(nodes.url)
+        return await run_load("kill-cluster-node", dir / "relay", nodes.url,
+                              kill_stream_leader(nodes), messages=messages, sessions=sessions,
+                              PODPOST_NATS__REPLICAS="3")
+    finally:
+        await nodes.stop()
