@@ -351,6 +351,8 @@ class Load:
     refusals: collections.Counter[str] = field(default_factory=collections.Counter)
     """Non-250 outcomes seen by clients: ``451``, ``421``, ``cut``, ``connect``..."""
     gave_up: set[int] = field(default_factory=set)
+    confirmed_at: list[float] = field(default_factory=list)
+    """``time.monotonic()`` of each 250, in order."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _next: int = 0
 
@@ -392,6 +394,7 @@ class Load:
                         continue
                     if code == 250:
                         self.confirmed.add(index)
+                        self.confirmed_at.append(time.monotonic())
                         self.changed.set()
                         break
                     self.refusals[str(code)] += 1

@@ -130,6 +130,7 @@ async def run_load(
             accepted_s = time.monotonic() - started
             counts = await relay_mod.all_delivered(upstream, load, nats_url)
             notes["accepted_s"] = round(accepted_s, 1)
+            notes["longest_accept_pause_s"] = load.longest_pause_s()
             return relay_mod.figures(
                 scenario, load, counts, crashes=relay.crashed(), rss=relay.peak_rss(),
                 seconds=time.monotonic() - started, **notes)
