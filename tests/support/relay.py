@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -367,6 +368,12 @@ class Load:
             while len(self.confirmed) < count:
                 self.changed.clear()
                 await self.changed.wait()
+
+    def longest_pause_s(self) -> float:
+        """The longest time between two 250s: how long accepting stalled."""
+        times = self.confirmed_at
+        return round(max((b - a for a, b in itertools.pairwise(times)),
+                         default=0.0), 2)
 
     async def _session(self, stop_at: float) -> None:
         client: Client | None = None
