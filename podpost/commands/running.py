@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
@@ -151,6 +152,9 @@ def run(work: Callable[[], Coroutine[Any, Any, int | None]]) -> None:
         raise typer.Exit(1) from None
     except nats.js.errors.APIError as exc:
         note(f"error: JetStream refused: {exc.description or exc}")
+        raise typer.Exit(1) from None
+    except BrokenPipeError:  # `podpost dlq list --json | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(1) from None
     except (nats.errors.Error, TimeoutError, OSError) as exc:
         note(f"error: NATS: {str(exc) or type(exc).__name__}")
