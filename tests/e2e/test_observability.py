@@ -230,3 +230,58 @@ async def test_counters_readiness_and_mail_ids_of_real_processes(
     assert [line.get("mail_id") for line in lines["ingress"]
             if line["event"] == "ingress.mail_rejected"] == [None]
     assert any(line["event"] == "health.listening" for line in lines["reconciler"])
+
+
+CATCHER_POLICIES = """\
+apiVersion: podpost/v1alpha1
+kind: StaticSource
+metadata: {name: local, namespace: dev, labels: {app: local}}
+spec: {cidrs: ["127.0.0.1/32"]}
+---
+apiVersion: kube-mail.helmich.me/v1alpha1
+kind: EmailPolicy
+metadata: {name: app, namespace: dev}
+spec:
+  podSelector: {matchLabels: {app: local}}
+  sink: {catcher: {}}
+"""
+
+
+async def test_podpost_dev_serves_one_health_server_for_every_role(tmp_path: Path) -> None:
+    """``podpost dev`` runs the three roles in one process behind one port: ready once
+    all are, its /metrics has each role's snapshot and counts a caught mail."""
+    policy_file = tmp_path / "policies.yaml"
+    policy_file.write_text(CATCHER_POLICIES)
+    smtp_port, health_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
+    env.update(PODPOST_LOG__FORMAT="json", PODPOST_GRACE_S="2",
+               PODPOST_HEALTH__HOST="127.0.0.1", PODPOST_HEALTH__PORT=str(health_port),
+               PODPOST_INGRESS__HOSTNAME="mx.podpost.test",
+               PODPOST_DISPATCHER__DISCOVERY_INTERVAL_S="0.2")
+    log_path = tmp_path / "dev.log"
+    with log_path.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *_command("dev"), "--smtp-port", str(smtp_port), "--nats-port",
+            str(_free_port()), "--policies", str(policy_file), "--state-dir",
+            str(tmp_path / "state"), env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
+    dev = Role("dev", health_port, log_path, proc)
+    try:
+        await probing.until(lambda: probing.status_is(health_port, "/readyz", 200),
+                            timeout_s=30)
+        assert (await _send(smtp_port, "you@example.org", "caught")).startswith("2.0.0")
+        caught = _series("podpost_dispatcher_delivered_total", upstream="_/catcher",
+                         policy=POLICY)
+
+        async def counted() -> bool:
+            return (await probing.scrape(health_port)).get(caught) == 1.0
+
+        await probing.until(counted, timeout_s=15)
+        scraped = await probing.scrape(health_port)
+        assert {role: scraped[_series("podpost_snapshot_loaded", role=role)]
+                for role in ROLES} == {role: 1.0 for role in ROLES}
+        assert scraped[_series("podpost_ingress_accepted_total", policy=POLICY,
+                               upstream="_/catcher")] == 1.0
+    finally:
+        await dev.stop()
+    assert dev.proc.returncode == 0, log_path.read_text()[-2000:]
+    assert sum(line["event"] == "health.listening" for line in dev.log()) == 1
