@@ -111,8 +111,8 @@ def loaded(holder: _Holder) -> Probe:
 
 
 def respond(
-    method: str, path: str, *, reason: str | None, stopping: bool, body_of_metrics: Callable[
-        [], bytes],
+    method: str, path: str, *, reason: str | None, stopping: bool,
+    body_of_metrics: Callable[[], bytes],
 ) -> tuple[int, str, bytes]:
     """Status, content type and body for one request; pure but for ``body_of_metrics``."""
     text = "text/plain; charset=utf-8"
@@ -226,7 +226,12 @@ async def serve(
     """Serve until ``done`` is set. Once ``draining`` is set, ``/readyz`` answers 503 so
     the Service stops sending traffic while the roles finish."""
     server = Server(draining or asyncio.Event())
-    listener = await asyncio.start_server(server.handle, cfg.host, cfg.port, limit=HEAD_LIMIT)
+    try:
+        listener = await asyncio.start_server(server.handle, cfg.host, cfg.port,
+                                              limit=HEAD_LIMIT)
+    except OSError as exc:  # the process stops: probes on a port nobody serves would lie
+        log.error("health.bind_failed", host=cfg.host, port=cfg.port, error=str(exc))
+        raise
     host, port = listener.sockets[0].getsockname()[:2]
     log.info("health.listening", host=host, port=port)
     if listening is not None:

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+import structlog
 
 from dispatcher import consumers, sampling
 from podpost import bus, health, metrics, settings
@@ -118,3 +119,18 @@ async def test_sampler_reports_pending_and_ack_pending_per_consumer(
         assert not [key for key in scraped if key.startswith("podpost_dispatcher_queue_depth")]
     finally:
         await sub.unsubscribe()
+
+
+async def test_a_port_in_use_is_an_error_that_names_it() -> None:
+    """The server does not start quietly without its port: it logs and raises."""
+    holder = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = holder.sockets[0].getsockname()[1]
+    try:
+        with structlog.testing.capture_logs() as logs, pytest.raises(OSError):
+            await health.serve(settings.HealthSettings(host="127.0.0.1", port=port),
+                               asyncio.Event())
+    finally:
+        holder.close()
+        await holder.wait_closed()
+    assert [entry["event"] for entry in logs] == ["health.bind_failed"]
+    assert logs[0]["port"] == port
