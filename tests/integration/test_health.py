@@ -99,7 +99,8 @@ async def test_sampler_reports_pending_and_ack_pending_per_consumer(
     conn: bus.Conn, fresh_metrics: metrics.Metrics
 ) -> None:
     """Three mails queued for one consumer, one of them fetched and not acked: depth 3,
-    lag 2, ack pending 1; a replica restricted to another upstream reports nothing."""
+    lag 2, ack pending 1, also once it is nakked with a delay (a deferred mail); a replica
+    restricted to another upstream reports nothing."""
     policy = PolicyView(key="apps/a", upstream="mail/relay")
     for _ in range(3):
         await dispatching.queue(conn, dispatching.envelope(policy, ["you@example.org"]))
@@ -114,6 +115,12 @@ async def test_sampler_reports_pending_and_ack_pending_per_consumer(
         assert scraped[metrics.series("podpost_dispatcher_queue_depth", labels)] == 3.0
         assert scraped[metrics.series("podpost_dispatcher_consumer_pending", labels)] == 2.0
         assert scraped[metrics.series("podpost_dispatcher_consumer_ack_pending", labels)] == 1.0
+        await fetched[0].nak(delay=60)  # deferred: waits for its retry, still ack pending
+        await conn.nc.flush()
+        await sampling.sample(conn, [])
+        scraped = metrics.samples(fresh_metrics.expose().decode())
+        assert scraped[metrics.series("podpost_dispatcher_consumer_ack_pending", labels)] == 1.0
+        assert scraped[metrics.series("podpost_dispatcher_queue_depth", labels)] == 3.0
         await sampling.sample(conn, ["mail/other"])
         scraped = metrics.samples(fresh_metrics.expose().decode())
         assert not [key for key in scraped if key.startswith("podpost_dispatcher_queue_depth")]
