@@ -69,8 +69,9 @@ def user_name(bus: names.Bus, role: str) -> str:
 
 
 def password_variable(role: str) -> str:
-    """The environment variable nats-server reads a role's password from."""
-    return f"PODPOST_NATS_PASSWORD_{role.upper()}"
+    """The environment variable nats-server reads a role's password from. Not
+    ``PODPOST_*``: podpost refuses unknown variables of its own prefix."""
+    return f"NATS_PASSWORD_{role.upper()}"
 
 
 def rates_bucket(bus: names.Bus) -> str:
@@ -323,7 +324,7 @@ def render(bus: names.Bus, fmt: str, passwords: Mapping[str, str], *,
     """What ``podpost nats-config`` prints.
 
     - ``conf``: the nats-server block; a role without a given password reads it from
-      ``$PODPOST_NATS_PASSWORD_<ROLE>`` in the server's environment.
+      ``$NATS_PASSWORD_<ROLE>`` in the server's environment.
     - ``helm-values``: the values for the NATS chart (see `helm_values`).
     - ``secret``: the v1 Secret both charts read; every role needs a password."""
     if fmt == "conf":
