@@ -286,7 +286,8 @@ def test_the_chart_carries_the_generated_crds() -> None:
     assert ours == sorted(p.name for p in (ROOT / "deploy" / "crds").iterdir())
     for name in ours:
         text = (CHART / "crds" / name).read_text()
-        assert text == (ROOT / "deploy" / "crds" / name).read_text()
+        assert text == (ROOT / "deploy" / "crds" / name).read_text(), (
+            "regenerated CRDs: cp deploy/crds/*.yaml deploy/helm/podpost/crds/")
         crd = yaml.safe_load(text)
         for version in KUBERNETES:
             kubernetes_validate.validate(crd, version, strict=True)
