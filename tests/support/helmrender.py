@@ -10,12 +10,15 @@ and ``.`` (changed by ``range`` and ``with``); ``if``/``else if``/``else``, ``ra
 ``eq``, ``ne``, ``required``, ``trunc``, ``trimSuffix``, ``toString``, ``int``,
 ``join``, ``upper``, ``replace``.
 
-Anything else is an error, not a silent empty string: so is a missing intermediate map
-(as in Helm), and printing a missing value (Helm would print ``<no value>``).
+Numbers from values are float64s, as in Helm, and print as Go prints them (``1e+06``):
+pipe big ones through ``int``. Anything else is an error, not a silent empty string: so
+is a missing intermediate map (as in Helm), and printing a missing value (Helm would
+print ``<no value>``).
 """
 
 from __future__ import annotations
 
+import decimal
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -110,10 +113,32 @@ def _truthy(value: Any) -> bool:
         isinstance(value, (list, dict)) and not value)
 
 
+def _as_go_values(value: Any) -> Any:
+    """Helm reads values.yaml through JSON: every number becomes a float64."""
+    if isinstance(value, dict):
+        return {k: _as_go_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_go_values(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _as_json_numbers(value: Any) -> Any:
+    """toYaml goes through JSON too, where an integral float64 prints without ``.0``."""
+    if isinstance(value, dict):
+        return {k: _as_json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    return value
+
+
 def _to_yaml(value: Any) -> str:
     if value is None:
         return "null"
-    return yaml.safe_dump(value, sort_keys=True, default_flow_style=False,
+    return yaml.safe_dump(_as_json_numbers(value), sort_keys=True, default_flow_style=False,
                           width=1000).rstrip("\n")
 
 
@@ -133,11 +158,29 @@ def _printf(fmt: str, *args: Any) -> str:
     return re.sub(r"%[sdv%]", one, fmt)
 
 
+def _go_float(x: float) -> str:
+    """Go's ``%v`` of a float64: shortest digits, ``%e`` form when the decimal exponent is
+    below -4 or at least 6 (so 26214400 prints as ``2.62144e+07``, as helm would)."""
+    if x == 0:
+        return "0"
+    sign, digits, exponent = decimal.Decimal(repr(x)).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits))
+    exp = len(text) - 1 + exponent
+    minus = "-" if sign else ""
+    if exp < -4 or exp >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    return minus + format(decimal.Decimal(repr(abs(x))).normalize(), "f")
+
+
 def _show(value: Any) -> str:
     if value is None:
         raise TemplateError("printing a missing value")
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return _go_float(value)
     if isinstance(value, (dict, list)):
         raise TemplateError(f"printing a collection: {value!r}")
     return str(value)
@@ -208,7 +251,7 @@ class Chart:
                namespace: str = "podpost") -> dict[str, str]:
         """Each template's text, with ``values`` deep-merged over values.yaml."""
         root = {
-            "Values": _merge(self.defaults, values or {}),
+            "Values": _as_go_values(_merge(self.defaults, values or {})),
             "Release": {"Name": release, "Namespace": namespace, "Service": "Helm"},
             "Chart": {"Name": self.meta["name"], "Version": self.meta["version"],
                       "AppVersion": self.meta.get("appVersion", "")},

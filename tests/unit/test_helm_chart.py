@@ -157,6 +157,8 @@ def test_every_role_gets_settings_podpost_accepts(
         container = template["spec"]["containers"][0]
         role = container["args"][0]
         env = _env(container)
+        # Helm prints big numbers from values as float64s (2.62144e+07) unless piped to int.
+        assert not [v for v in env.values() if re.fullmatch(r"[\d.]+e[+-]\d+", v)], env
         cfg = settings.load(env)
         assert cfg.nats.user == natsauth.user_name(names.Bus(prefix=cfg.nats.prefix), role)
         password = next(e for e in container["env"] if e["name"] == "PODPOST_NATS__PASSWORD")
@@ -167,6 +169,7 @@ def test_every_role_gets_settings_podpost_accepts(
         assert {p["name"]: p["containerPort"] for p in container["ports"]}["health"] == 8080
         if role == "ingress":
             assert cfg.ingress.port == 2525
+            assert env["PODPOST_INGRESS__MAX_MESSAGE_SIZE"] == "26214400"
         if role == "reconciler":
             assert cfg.reconciler.source == "kubernetes"
             assert cfg.reconciler.leader_election is True
