@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgspec
 import nats.errors
@@ -60,13 +60,16 @@ class _Contended(Exception):
     """Every compare-and-swap try of one change lost its race."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Grant:
     """The last grant of one task: the window it came from and what is left to refund."""
 
     key: str
     window: rates.RateWindow
     tokens: int
+    task: asyncio.Task[object] | None
+    """The task that was granted them: a task it starts inherits the variable, not the
+    grant."""
 
 
 _last_grant: contextvars.ContextVar[_Grant | None] = contextvars.ContextVar(
@@ -105,19 +108,21 @@ class KvLimiter:
             return 0
         granted = after - before
         if granted > 0:
-            _last_grant.set(_Grant(key=key, window=window, tokens=granted))
+            _last_grant.set(_Grant(key=key, window=window, tokens=granted,
+                                   task=asyncio.current_task()))
         return granted
 
     async def refund(
         self, policy_key: str, ratelimit: snapshot.RateLimit | None, unused: int
     ) -> None:
         grant = _last_grant.get()
-        if ratelimit is None or grant is None or grant.window.policy != policy_key:
+        if (ratelimit is None or grant is None or grant.window.policy != policy_key
+                or grant.task is not asyncio.current_task()):
             return
         back = min(max(0, unused), grant.tokens)
         if back == 0:
             return
-        _last_grant.set(_Grant(key=grant.key, window=grant.window, tokens=grant.tokens - back))
+        _last_grant.set(dataclasses.replace(grant, tokens=grant.tokens - back))
         if self._clock() >= grant.window.end_ms:
             return  # that window is over: nothing left to give back to
         try:

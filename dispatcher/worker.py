@@ -2,8 +2,11 @@
 
 Per (upstream, policy) consumer it fetches only what it can work on now: no more than the
 free connection slots of the upstream (shared by every consumer of that upstream in this
-process) and no more than the rate limiter grants (`limiting`), up to ``batch``. Each
-message is handled in its own task:
+process, handed out first come, first served) and no more than the rate limiter grants
+(`limiting`), up to ``batch``. A consumer whose last fetch found nothing waits for mail
+with one slot (and one token), so an idle or rate-limited policy never holds back a busy
+one on the same upstream. Nothing is fetched before the first policy snapshot: until then
+the rate limits are unknown. Each message is handled in its own task:
 
 decode the `Envelope` -> read the `AttemptRecord` if the message was seen before -> skip
 the settled recipients -> the catcher keeps it, or the pool delivers it to the upstream ->
@@ -19,6 +22,7 @@ message is simply redelivered later, so correctness never depends on a clean sto
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,27 +67,49 @@ class Deliverer(Protocol):
 
 class Gate:
     """Free delivery slots of one upstream in this process, so a worker fetches no more
-    than can be worked on now; the others stay in the stream for other replicas."""
+    than can be worked on now; the others stay in the stream for other replicas.
+
+    Waiters are served in order: a worker that releases its slots and asks again at once
+    queues behind the ones already waiting, so no consumer starves another."""
 
     def __init__(self) -> None:
         self.used = 0
-        self._freed = asyncio.Event()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def reserve(self, size: int, want: int, wait_s: float) -> int:
         """Take up to ``want`` of ``size`` slots, waiting up to ``wait_s`` for one."""
-        if self.used >= size:
-            self._freed.clear()
-            with contextlib.suppress(TimeoutError):
+        if self.used >= size or self._waiters:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
                 async with asyncio.timeout(wait_s):
-                    await self._freed.wait()
+                    await waiter
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                if waiter.done():  # woken, but will not take: pass the turn on
+                    self._waiters.remove(waiter)
+                    self._wake_next()
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
         taken = max(0, min(want, size - self.used))
         self.used += taken
+        if self.used < size:
+            self._wake_next()
         return taken
 
     def release(self, count: int) -> None:
         if count > 0:
             self.used -= count
-            self._freed.set()
+            self._wake_next()
+
+    def _wake_next(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 @dataclass
@@ -117,8 +143,9 @@ async def run(
     drained = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(_keepalive(shared.cfg.dispatcher.ack_wait_s, inflight, drained))
+        lane = _Lane()
         while not quit_.is_set():
-            for msg in await _fetch(shared, pair, sub, quit_):
+            for msg in await _fetch(shared, pair, sub, quit_, lane):
                 inflight[msg.reply] = (msg, asyncio.get_running_loop().time())
                 task = tg.create_task(_one(shared, pair, msg, inflight))
                 tasks.add(task)
@@ -133,19 +160,33 @@ async def run(
         drained.set()
 
 
+@dataclass
+class _Lane:
+    """What one worker remembers between fetches."""
+
+    idle: bool = False
+    """The last fetch found nothing: wait for mail holding one slot, not a batch."""
+
+
 async def _fetch(
     shared: Shared, pair: consumers.Pair, sub: JetStreamContext.PullSubscription,
-    quit_: asyncio.Event,
+    quit_: asyncio.Event, lane: _Lane,
 ) -> list[Msg]:
     """At most as many messages as there are free slots and rate-limit tokens."""
     cfg = shared.cfg.dispatcher
+    if shared.holder.current is None:
+        # The policy's rate limit is unknown until the first snapshot: fetch nothing yet.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FETCH_WAIT_S):
+                await shared.holder.loaded.wait()
+        return []
     snap = shared.holder.current
     up = snap.upstreams.get(pair.upstream) if snap else None
     view = snap.policies.get(pair.policy) if snap else None
     size = cfg.batch if pair.upstream == names.CATCHER else max(
         1, (up.max_connections if up else None) or cfg.max_connections)
     gate = shared.gate(pair.upstream)
-    slots = await gate.reserve(size, cfg.batch, FETCH_WAIT_S)
+    slots = await gate.reserve(size, 1 if lane.idle else cfg.batch, FETCH_WAIT_S)
     if slots == 0 or quit_.is_set():
         gate.release(slots)
         return []
@@ -158,8 +199,9 @@ async def _fetch(
     msgs: list[Msg] = []
     try:
         msgs = await sub.fetch(granted, timeout=FETCH_WAIT_S)
+        lane.idle = not msgs
     except TimeoutError:  # nats' fetch timeouts are asyncio.TimeoutErrors: nothing queued
-        pass
+        lane.idle = True
     except nats.errors.Error as exc:
         log.warning("dispatcher.fetch_failed", upstream=pair.upstream, policy=pair.policy,
                     error=str(exc) or repr(exc))
