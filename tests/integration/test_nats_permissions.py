@@ -251,6 +251,7 @@ kind: EmailPolicy
 metadata: {{name: web, namespace: apps}}
 spec:
   podSelector: {{matchLabels: {{app: web}}}}
+  ratelimiting: {{maximum: 100, period: minute}}
   sink:
     smtp:
       server: {{name: relay, namespace: mail}}
@@ -274,9 +275,9 @@ async def test_each_real_role_does_its_job_as_its_own_user(
     secured: Secured, tmp_path: Path
 ) -> None:
     """The reconciler (file source) creates the bus and publishes policy and login, the
-    ingress queues a mail whose body goes to the object store, the dispatcher logs in
-    upstream with the login, delivers and deletes the body: each connected as its own
-    user, and the server logs no permission violation on the way."""
+    ingress queues a mail whose body goes to the object store, the dispatcher takes a
+    rate-limit token, logs in upstream with the login, delivers and deletes the body:
+    each connected as its own user, and the server logs no permission violation."""
     login = secrets.token_urlsafe(12)
     handler = upstream_mod.AuthHandler(users={"robot": login})
     up = await upstream_mod.start(handler, auth_require_tls=False,
@@ -307,6 +308,9 @@ async def test_each_real_role_does_its_job_as_its_own_user(
                 await d.eventually(lambda: _body_gone(admin, mail_id))
                 bodies = await admin.js.stream_info(natsauth.obj_stream(BUS.bodies_bucket))
                 assert bodies.state.last_seq > 0  # the body was stored, then deleted
+                rates = await admin.js.stream_info(natsauth.kv_stream(
+                    natsauth.rates_bucket(BUS)))
+                assert rates.state.last_seq > 0  # the policy's rate limit was counted
         assert received[0].login == "robot"
         assert received[0].data.endswith(b"0123456789abcdef\r\n" * 512)
         assert [events.kind_of(e) for e in seen if e.mail_id == mail_id][:1] == ["accepted"]
