@@ -25,7 +25,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from podpost import bus, reports
-from schemas import events, mail
+from schemas import events, mail, rates
 from schemas import snapshot as snapshot_mod
 
 API_TIMEOUT_S = 10.0
@@ -327,6 +327,20 @@ async def _attempt_records(conn: bus.Conn) -> tuple[list[mail.AttemptRecord], in
     return records, bad
 
 
+async def rate_used(conn: bus.Conn, now: datetime) -> dict[str, int]:
+    """Messages counted per policy in its current rate-limit window (RATES bucket)."""
+    bucket = conn.names.rates_bucket
+    stored = await scan(conn, f"KV_{bucket}", f"$KV.{bucket}.>", last_per_subject=True)
+    windows: list[rates.RateWindow] = []
+    for msg in stored:
+        if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            continue
+        with contextlib.suppress(msgspec.DecodeError):
+            windows.append(rates.window_decoder.decode(msg.data))
+    now_ms = int(now.timestamp() * 1000)
+    return {policy: w.used for policy, w in rates.current(windows, now_ms).items()}
+
+
 async def policy_snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot | None, int]:
     kv = await bus.policy_kv(conn)
     try:
@@ -349,8 +363,10 @@ async def status(conn: bus.Conn, now: datetime) -> reports.StatusReport:
     consumers = await _consumer_loads(conn)
     records, bad = await _attempt_records(conn)
     snap, revision = await policy_snapshot(conn)
+    used = await rate_used(conn, now)
     report = reports.status_report(names, now=now, queued=queued, consumers=consumers,
-                                   attempts=records, dead=dead, snap=snap, revision=revision)
+                                   attempts=records, dead=dead, snap=snap, revision=revision,
+                                   rate_used=used)
     return msgspec.structs.replace(report, unreadable_attempts=bad)
 
 

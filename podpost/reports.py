@@ -300,8 +300,11 @@ def status_report(
     dead: Mapping[str, int],
     snap: snapshot.PolicySnapshot | None,
     revision: int,
+    rate_used: Mapping[str, int] | None = None,
 ) -> StatusReport:
     """Fold the raw counts into one row per upstream with one row per policy underneath.
+    ``rate_used``: messages counted per policy in its current rate-limit window (a policy
+    absent has used none); None when the counters could not be read.
 
     Upstreams and pairs come from the snapshot and from everything that holds data, so
     mail for a policy that moved or vanished is still shown."""
@@ -347,7 +350,7 @@ def status_report(
         policies = [
             PolicyStatus(
                 policy=policy, queued=cells["queued"] or 0, in_flight=cells["in_flight"],
-                deferred=cells["deferred"] or 0, ratelimit=_rate(snap, policy),
+                deferred=cells["deferred"] or 0, ratelimit=_rate(snap, policy, rate_used),
             )
             for (up, policy), cells in sorted(pairs.items()) if up == upstream
         ]
@@ -369,11 +372,13 @@ def status_report(
     )
 
 
-def _rate(snap: snapshot.PolicySnapshot | None, policy: str) -> RateUsage | None:
+def _rate(snap: snapshot.PolicySnapshot | None, policy: str,
+          rate_used: Mapping[str, int] | None) -> RateUsage | None:
     view = snap.policies.get(policy) if snap is not None else None
     if view is None or view.ratelimit is None:
         return None
-    return RateUsage(maximum=view.ratelimit.maximum, period_s=view.ratelimit.period_s)
+    return RateUsage(maximum=view.ratelimit.maximum, period_s=view.ratelimit.period_s,
+                     used=None if rate_used is None else rate_used.get(policy, 0))
 
 
 # --- messages ----------------------------------------------------------------------------

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime
 
 from dispatcher import ratekv
-from podpost import bus, settings
+from podpost import bus, inspecting, settings
 from schemas import rates, snapshot
 
 POLICY = "apps/web"
@@ -132,3 +133,16 @@ async def test_a_broker_failure_grants_nothing(nats_settings: settings.NatsSetti
         await gone.nc.close()
         assert await limiter.acquire(POLICY, limit, 5) == 0
         await limiter.refund(POLICY, limit, 5)  # nothing granted: nothing to do
+
+
+async def test_status_reads_each_policys_current_window(conn: bus.Conn) -> None:
+    """``podpost status`` reads the counters: a policy's use of the window holding now,
+    not of an older one."""
+    now_ms = ratekv.now_ms()
+    limit = snapshot.RateLimit(maximum=10, period_s=3600.0)
+    limiter = ratekv.KvLimiter(await bus.rates_kv(conn), clock=Clock(now_ms))
+    assert await limiter.acquire("apps/a", limit, 3) == 3
+    old = ratekv.KvLimiter(await bus.rates_kv(conn), clock=Clock(now_ms - 7_200_000))
+    assert await old.acquire("apps/b", limit, 5) == 5  # two hours ago: not current
+    used = await inspecting.rate_used(conn, datetime.fromtimestamp(now_ms / 1000, UTC))
+    assert used == {"apps/a": 3}
