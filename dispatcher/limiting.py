@@ -8,8 +8,10 @@ never a failed attempt. The contract:
 - ``granted = await limiter.acquire(policy_key, ratelimit, want)`` returns 0..want tokens,
   each one message the worker may fetch and send now. ``ratelimit`` is the policy's
   `snapshot.RateLimit` (``None``: unlimited).
-- The worker fetches ``granted`` messages; when fewer arrive it gives the rest back with
-  ``await limiter.refund(policy_key, ratelimit, unused)``.
+- The worker fetches ``granted`` messages, then settles the grant with
+  ``await limiter.refund(policy_key, ratelimit, unused)``, ``unused = granted - arrived``:
+  positive when fewer arrived (those tokens go back), 0 when all did, negative when more
+  did (nats-py hands over messages an earlier pull left in its queue).
 - ``granted == 0``: the worker fetches nothing and calls
   ``await limiter.wait(policy_key, ratelimit, max_s)``, which returns once the window may
   allow more (or after at most ``max_s``), then asks again.
@@ -17,9 +19,15 @@ never a failed attempt. The contract:
 `Unlimited` grants everything. The global limiter, `dispatcher.ratekv.KvLimiter`, counts
 each policy's messages in fixed windows aligned to the epoch, in a JetStream KV bucket
 shared by all replicas and updated only by compare-and-swap; its arithmetic is here, pure:
-the window a moment falls in (`window_start`), what may be granted (`grant`), what a refund
-leaves (`refunded`) and how long to wait for the next window (`wait_s`). Times are integer
-epoch milliseconds, so every replica computes the same window boundaries.
+the window a moment falls in (`window_start`), what may be granted (`grant`), which window
+a fetch is finally counted in (`settle`, `adjusted`) and how long to wait for the next
+window (`wait_s`). Times are integer epoch milliseconds, so every replica computes the
+same window boundaries.
+
+A message counts in the window in which its fetch returned, that is when it is sent: a
+worker waiting for mail holds a token up to its fetch timeout, and when the mail comes
+after its window has ended, it is counted in the new window (even past the maximum, so
+the others are granted that much less) and the old window keeps the token.
 """
 
 from __future__ import annotations
@@ -83,9 +91,21 @@ def grant(maximum: int, used: int, want: int) -> int:
     return max(0, min(want, maximum - used))
 
 
-def refunded(used: int, unused: int) -> int:
-    """The count after giving back ``unused`` tokens; never below zero."""
-    return max(0, used - max(0, unused))
+def adjusted(used: int, delta: int) -> int:
+    """The count after a correction; never below zero."""
+    return max(0, used + delta)
+
+
+def settle(granted_start: int, tokens: int, unused: int, now_ms: int, period: int
+           ) -> tuple[int, int]:
+    """After a fetch made with ``tokens`` from the window starting at ``granted_start``:
+    which window to correct, and by how much. Still in that window: by what arrived less
+    what was granted (``-unused``; negative is a refund). That window is over: the
+    messages that arrived count in the window holding ``now_ms``."""
+    current = window_start(now_ms, period)
+    if current == granted_start:
+        return granted_start, -unused
+    return current, max(0, tokens - unused)
 
 
 def wait_s(now_ms: int, period: int, max_s: float) -> float:

@@ -9,14 +9,15 @@ whatever the number of replicas. Windows are fixed and aligned to the epoch
 (`limiting.window_start`), keyed ``<policy-token>.<window-start-ms>`` (`schemas.rates`);
 the bucket's TTL removes old ones.
 
-Tokens a worker was granted but did not use (fewer messages arrived) are given back to
-the window they came from, while it lasts. Which window that was is remembered per asyncio
+After each fetch the grant is settled (`limiting.settle`): tokens that found no message
+go back to their window while it lasts; messages that arrived after their window ended
+are counted in the current one. Which window a grant came from is remembered per asyncio
 task (a `ContextVar`): each worker fetches in its own task, so two workers never mix up
 their grants.
 
 Failure never loses mail: a broker error or a lost race grants nothing, the mail stays in
-the stream, and the worker waits and asks again. A refund that cannot be written is
-dropped, which only leaves a window less used than it could have been.
+the stream, and the worker waits and asks again. A correction that cannot be written is
+dropped and logged.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ class _Contended(Exception):
 class _Grant:
     """The last grant of one task: the window it came from and what is left to refund."""
 
-    key: str
     window: rates.RateWindow
     tokens: int
     task: asyncio.Task[object] | None
@@ -108,8 +108,7 @@ class KvLimiter:
             return 0
         granted = after - before
         if granted > 0:
-            _last_grant.set(_Grant(key=key, window=window, tokens=granted,
-                                   task=asyncio.current_task()))
+            _last_grant.set(_Grant(window=window, tokens=granted, task=asyncio.current_task()))
         return granted
 
     async def refund(
@@ -119,18 +118,22 @@ class KvLimiter:
         if (ratelimit is None or grant is None or grant.window.policy != policy_key
                 or grant.task is not asyncio.current_task()):
             return
-        back = min(max(0, unused), grant.tokens)
-        if back == 0:
+        _last_grant.set(None)  # a grant is settled once
+        period = limiting.period_ms(ratelimit, self._scale)
+        start, delta = limiting.settle(grant.window.start_ms, grant.tokens,
+                                       min(unused, grant.tokens), self._clock(), period)
+        if delta == 0:
             return
-        _last_grant.set(dataclasses.replace(grant, tokens=grant.tokens - back))
-        if self._clock() >= grant.window.end_ms:
-            return  # that window is over: nothing left to give back to
+        window = grant.window
+        if start != window.start_ms:
+            window = rates.RateWindow(policy=policy_key, start_ms=start, period_ms=period,
+                                      maximum=ratelimit.maximum)
+        key = rates.window_key(policy_key, start)
         try:
-            await self._swap(grant.key, grant.window,
-                             lambda used: limiting.refunded(used, back))
+            await self._swap(key, window, lambda used: limiting.adjusted(used, delta))
         except (nats.errors.Error, TimeoutError, _Contended) as exc:
-            log.warning("dispatcher.rate_refund_dropped", policy=policy_key,
-                        window=grant.key, tokens=back, error=str(exc) or type(exc).__name__)
+            log.warning("dispatcher.rate_correction_dropped", policy=policy_key, window=key,
+                        delta=delta, error=str(exc) or type(exc).__name__)
 
     async def wait(
         self, policy_key: str, ratelimit: snapshot.RateLimit | None, max_s: float

@@ -210,8 +210,7 @@ async def _fetch(
                 await quit_.wait()
     finally:
         gate.release(granted - len(msgs))
-        if granted > len(msgs):
-            await shared.limiter.refund(pair.policy, ratelimit, granted - len(msgs))
+        await shared.limiter.refund(pair.policy, ratelimit, granted - len(msgs))
     return msgs
 
 

@@ -59,25 +59,47 @@ async def test_racing_replicas_grant_exactly_the_maximum(
 
 
 async def test_unused_tokens_go_back_to_their_window(conn: bus.Conn) -> None:
-    """A refund lowers the count of the window the grant came from, by no more than was
-    granted; once that window is over, nothing is written."""
+    """A refund lowers the count of the window the grant came from; a grant is settled
+    once; a token that found nothing before its window ended is simply dropped."""
     limit = snapshot.RateLimit(maximum=10, period_s=60.0)
     clock = Clock(START_MS)
     limiter = ratekv.KvLimiter(await bus.rates_kv(conn), clock=clock)
     assert await limiter.acquire(POLICY, limit, 6) == 6
     await limiter.refund(POLICY, limit, 4)
     assert await _used(conn, POLICY, START_MS) == 2
-    await limiter.refund(POLICY, limit, 4)  # only 2 of the grant are left to give back
-    assert await _used(conn, POLICY, START_MS) == 0
-    assert await limiter.acquire(POLICY, limit, 30) == 10
+    await limiter.refund(POLICY, limit, 2)  # settled already: no effect
+    assert await _used(conn, POLICY, START_MS) == 2
+    assert await limiter.acquire(POLICY, limit, 30) == 8
     assert await limiter.acquire(POLICY, limit, 1) == 0
     clock.now_ms = START_MS + 60_000  # the next window
     await limiter.refund(POLICY, limit, 10)  # the last grant was 0: nothing to give back
     assert await limiter.acquire(POLICY, limit, 3) == 3
     clock.now_ms = START_MS + 120_000
-    await limiter.refund(POLICY, limit, 3)  # its window is over: left alone
+    await limiter.refund(POLICY, limit, 3)  # nothing arrived before its window ended
     assert await _used(conn, POLICY, START_MS) == 10
     assert await _used(conn, POLICY, START_MS + 60_000) == 3
+
+
+async def test_mail_arriving_after_its_window_counts_in_the_next(conn: bus.Conn) -> None:
+    """A worker waiting for mail holds a token; when the mail comes after that window
+    ended, it counts in the new window, even past its maximum, so the others are granted
+    that much less; more mail than granted counts too."""
+    limit = snapshot.RateLimit(maximum=3, period_s=60.0)
+    clock = Clock(START_MS + 59_000)
+    waiting = ratekv.KvLimiter(await bus.rates_kv(conn), clock=clock)
+    other = ratekv.KvLimiter(await bus.rates_kv(conn), clock=clock)
+    assert await waiting.acquire(POLICY, limit, 1) == 1
+    clock.now_ms = START_MS + 61_000
+    # another worker (its own task) takes the whole new window
+    assert await asyncio.create_task(other.acquire(POLICY, limit, 3)) == 3
+    await waiting.refund(POLICY, limit, 0)  # the one mail arrived now
+    assert await _used(conn, POLICY, START_MS) == 1
+    assert await _used(conn, POLICY, START_MS + 60_000) == 4
+    assert await asyncio.create_task(other.acquire(POLICY, limit, 1)) == 0
+    clock.now_ms = START_MS + 120_000
+    assert await waiting.acquire(POLICY, limit, 2) == 2
+    await waiting.refund(POLICY, limit, -1)  # three arrived for two tokens
+    assert await _used(conn, POLICY, START_MS + 120_000) == 3
 
 
 async def test_a_refund_in_another_task_does_not_touch_this_tasks_grant(conn: bus.Conn) -> None:

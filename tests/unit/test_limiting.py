@@ -87,12 +87,40 @@ def test_grants_in_sequence_hand_out_exactly_the_maximum(maximum: int, wants: li
     assert used == min(maximum, sum(wants))
 
 
-@given(used=counts, unused=st.integers(min_value=-5, max_value=10**6))
-def test_a_refund_lowers_the_count_but_never_below_zero(used: int, unused: int) -> None:
-    """Giving tokens back subtracts them, never below zero, and a negative refund is none."""
-    after = limiting.refunded(used, unused)
-    assert after == max(0, used - max(0, unused))
-    assert 0 <= after <= used
+@given(used=counts, delta=st.integers(min_value=-10**6, max_value=10**6))
+def test_a_correction_never_leaves_a_negative_count(used: int, delta: int) -> None:
+    """A count corrected by ``delta`` is used + delta, but never below zero."""
+    assert limiting.adjusted(used, delta) == max(0, used + delta)
+
+
+@pytest.mark.parametrize(("now", "tokens", "unused", "expected"), [
+    (1_500, 4, 3, (1_000, -3)),  # one of four arrived, same window: three go back
+    (1_500, 4, 0, (1_000, 0)),  # all arrived: nothing to correct
+    (1_500, 4, -2, (1_000, 2)),  # two more than granted arrived: counted too
+    (2_100, 1, 0, (2_000, 1)),  # arrived after its window: counts in the new one
+    (2_100, 4, 4, (2_000, 0)),  # nothing arrived, window over: nothing to do
+    (5_000, 4, -1, (5_000, 5)),
+])
+def test_settle_table(now: int, tokens: int, unused: int, expected: tuple[int, int]) -> None:
+    """A grant from the window at 1000 (period 1000) is settled where the fetch ended."""
+    assert limiting.settle(1_000, tokens, unused, now, 1_000) == expected
+
+
+@given(start_index=st.integers(min_value=0, max_value=10**6), period=periods,
+       later=st.integers(min_value=0, max_value=10**9),
+       tokens=st.integers(min_value=0, max_value=100), arrived=st.integers(0, 200))
+def test_settled_counts_match_what_arrived(start_index: int, period: int, later: int,
+                                           tokens: int, arrived: int) -> None:
+    """Whatever happened during the fetch, the windows end up counting exactly what
+    arrived: granted then corrected in the same window, or moved to the new one."""
+    granted_start = start_index * period
+    now = granted_start + later
+    window, delta = limiting.settle(granted_start, tokens, tokens - arrived, now, period)
+    assert window == limiting.window_start(now, period)
+    if window == granted_start:
+        assert tokens + delta == arrived
+    else:
+        assert delta == arrived
 
 
 @given(now=instants, period=periods, max_s=st.floats(min_value=0, max_value=1e6))
