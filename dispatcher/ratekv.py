@@ -63,7 +63,7 @@ class _Contended(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class _Grant:
-    """The last grant of one task: the window it came from and what is left to refund."""
+    """The last grant of one task, until it is settled: its window and size."""
 
     window: rates.RateWindow
     tokens: int

@@ -127,14 +127,10 @@ async def test_policies_count_apart_and_unlimited_ones_are_not_counted(conn: bus
 
 async def test_the_scale_shortens_the_window_and_wait_reaches_the_next(conn: bus.Conn) -> None:
     """With a scale of 0.01 a minute is 600 ms: the counter is keyed by that window, and
-    wait returns at its end (bounded by its timeout)."""
+    after waiting for the next one a token is there again."""
     limit = snapshot.RateLimit(maximum=1, period_s=60.0)
     limiter = ratekv.KvLimiter(await bus.rates_kv(conn), scale=0.01)
     assert await limiter.acquire(POLICY, limit, 3) == 1
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await limiter.wait(POLICY, limit, 0.05)
-    assert loop.time() - started < 1.0  # the timeout bounds it
     for _ in range(4):  # at most a few 600 ms windows
         if await limiter.acquire(POLICY, limit, 1) == 1:
             break
