@@ -6,7 +6,9 @@ into data by the sending layer) to one `Verdict` per group of recipients:
 - 2xx: delivered;
 - 4xx, and a session that failed to connect, negotiate TLS, answer in time or speak SMTP:
   transient, retried after `backoff.delay_for` the mail's age;
-- 5xx (whatever stage said it, AUTH included): permanent, dead-lettered at once;
+- 5xx: permanent, dead-lettered at once; except a refused login (AUTH 5xx), which is
+  transient like Postfix's ``smtp_sasl_auth_soft_bounce = yes``: a wrong password is
+  fixed in a Secret, and the mail queued meanwhile should go out then, not die;
 - a mail that cannot be read back (``body``): dead, fate ``invalid``;
 - a transient failure of a mail older than the max queue age: dead, fate ``expired``.
 
@@ -89,13 +91,16 @@ def _judge(code: int | None, reply: str, failure: outcome_mod.Failure | None,
            *, age_s: float, policy: snapshot.RetryPolicy) -> _Judged:
     if failure == "body":
         return _Judged(Fate.DEAD, DeadFate.INVALID, code, reply, "the mail cannot be read back")
-    if code is not None and 500 <= code < 600:
+    if code is not None and 500 <= code < 600 and failure != "auth":
         stage = f"{failure} " if failure else ""
         return _Judged(Fate.DEAD, DeadFate.PERMANENT, code, reply, f"{stage}refused with {code}")
     if failure is None and code is not None and 200 <= code < 300:
         return _Judged(Fate.DELIVERED, None, code, reply, "accepted")
-    why = f"{failure} failure" if failure else (
-        f"deferred with {code}" if code is not None else "no verdict from the upstream")
+    if failure == "auth" and code is not None:
+        why = f"login refused with {code} (check the policy's credentials)"
+    else:
+        why = f"{failure} failure" if failure else (
+            f"deferred with {code}" if code is not None else "no verdict from the upstream")
     if backoff.expired(age_s, policy):
         return _Judged(Fate.DEAD, DeadFate.EXPIRED, code, reply,
                        f"{why}, older than the max queue age {policy.max_age_s:g}s")

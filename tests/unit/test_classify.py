@@ -45,8 +45,8 @@ def _accepted(code: int, *rcpts: str, reply: str = "") -> Outcome:
         (Outcome(failure="protocol", code=451), YOUNG, Fate.RETRY, None),
         (Outcome(failure="protocol", code=553, reply="sender refused"), YOUNG, Fate.DEAD,
          Dead.PERMANENT),
-        (Outcome(failure="auth", code=535, reply="bad login"), YOUNG, Fate.DEAD,
-         Dead.PERMANENT),
+        (Outcome(failure="auth", code=535, reply="bad login"), YOUNG, Fate.RETRY, None),
+        (Outcome(failure="auth", code=535, reply="bad login"), OLD, Fate.DEAD, Dead.EXPIRED),
         (Outcome(failure="auth", code=454, reply="try later"), YOUNG, Fate.RETRY, None),
         (Outcome(failure="auth", reply="mechanism unsupported"), YOUNG, Fate.RETRY, None),
         (Outcome(failure="body", reply="gone"), YOUNG, Fate.DEAD, Dead.INVALID),
@@ -167,11 +167,12 @@ def test_every_recipient_gets_exactly_one_fate(
 def test_a_5xx_is_never_retried(
     case: tuple[Outcome, list[str]], age: float, policy: snapshot.RetryPolicy
 ) -> None:
-    """Whatever stage said it, a 5xx reply is never RETRY."""
+    """A 5xx reply is never RETRY, except a refused login (soft bounce, like Postfix)."""
     result, rcpts = case
     decision = classify.classify(result, rcpts, attempt=1, age_s=age, policy=policy)
     for verdict in decision.of(Fate.RETRY):
-        assert verdict.code is None or not 500 <= verdict.code < 600
+        login = result.failure == "auth" and verdict.code == result.code
+        assert login or verdict.code is None or not 500 <= verdict.code < 600
 
 
 @given(case=outcomes(), age=st.floats(0, 2e6), policy=policies)
