@@ -4,11 +4,13 @@ nats-server's POLICY and CREDENTIALS buckets out, statuses written back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import kmock
 import msgspec
 import nats.js.errors
@@ -18,6 +20,7 @@ import yaml
 from podpost import bus, settings
 from reconciler import kubeapi, kubesource
 from schemas import snapshot
+from tests.support import ingress as ingress_support
 from tests.support import kubeapi as fake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -487,3 +490,46 @@ async def test_reconciler_role_runs_the_kubernetes_source(
         stop.set()
         async with asyncio.timeout(5):
             await task
+
+
+async def test_the_ingress_follows_a_pods_labels(
+    cluster: fake.VersionedEmulator, conn: bus.Conn, nats_settings: settings.NatsSettings,
+    start: Callable[..., Running],
+) -> None:
+    """The whole chain on a pod's address: the ingress accepts mail from a pod its
+    policy selects, and refuses it with 550 once the pod's labels no longer match."""
+    await fake.create(cluster, fake.SERVERS, fake.server("smtp"))
+    await fake.create(cluster, fake.PODS, fake.pod("a", labels={"app": "web"}, ip="127.0.0.7"))
+    await fake.create(cluster, fake.POLICIES, fake.policy("web", labels={"app": "web"}))
+    start()
+    await eventually(conn, lambda s: "127.0.0.7/32" in _routes(s), within=5.0)
+    cfg = ingress_support.make_settings(nats_settings)
+    data = b"From: app@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
+    async with ingress_support.running(cfg) as ingress:
+        reply = ""
+        for _ in range(50):  # the ingress polls the snapshot: it may need a moment
+            with contextlib.suppress(aiosmtplib.SMTPResponseException):
+                reply = await ingress_support.send(ingress, "app@example.com", ["z@y.test"],
+                                                   data, source="127.0.0.7")
+                break
+            await asyncio.sleep(0.1)
+        assert reply.startswith("2.0.0 queued as ")
+        await fake.patch(cluster, fake.PODS, "default", "a",
+                         {"metadata": {"labels": {"app": "batch"}}})
+        await eventually(conn, lambda s: "127.0.0.7/32" not in _routes(s))
+        refused: aiosmtplib.SMTPResponseException | None = None
+        queued = {reply.rsplit(" ", 1)[1]}
+        for attempt in range(50):  # accepted until the ingress has polled the new snapshot
+            try:
+                reply = await ingress_support.send(
+                    ingress, "app@example.com", ["z@y.test"], data + b"%d\r\n" % attempt,
+                    source="127.0.0.7")
+                queued.add(reply.rsplit(" ", 1)[1])
+            except aiosmtplib.SMTPResponseException as exc:
+                refused = exc
+                break
+            await asyncio.sleep(0.1)
+        assert refused is not None and refused.code == 550, refused
+        assert "127.0.0.7" in refused.message
+    stored = await ingress_support.stored(conn)
+    assert sorted(env.id for _, env in stored) == sorted(queued)  # the refused one is not
