@@ -67,6 +67,15 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User+system CPU seconds a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *args, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -151,6 +160,11 @@ async def run(args: argparse.Namespace) -> None:
                     latencies.append(time.perf_counter() - began)
 
         started = time.monotonic()
+        pids = {name: p.pid for name, p in procs.items()}
+        if server.proc:
+            pids["nats-server"] = server.proc.pid
+        cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
+        client_before = sum(os.times()[:2])
         async with asyncio.TaskGroup() as tg:
             for index, count in enumerate(per_session):
                 tg.create_task(session(index, count))
@@ -158,6 +172,8 @@ async def run(args: argparse.Namespace) -> None:
         async with asyncio.timeout(args.timeout):
             await delivered_at_least(base + len(latencies))
         delivered_s = delivered_at - started
+        cpu = {name: cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
+        cpu["client (this script)"] = sum(os.times()[:2]) - client_before
 
         latencies.sort()
         p50 = statistics.median(latencies) * 1000
@@ -172,6 +188,7 @@ async def run(args: argparse.Namespace) -> None:
         rss = ", ".join(f"{name} {peak_rss_mib(p.pid):.0f}" for name, p in procs.items())
         print(f"peak RSS MiB: {rss}, nats-server "
               f"{peak_rss_mib(server.proc.pid) if server.proc else float('nan'):.0f}")
+        print("CPU s during the run: " + ", ".join(f"{n} {c:.1f}" for n, c in cpu.items()))
     finally:
         for proc in procs.values():
             if proc.returncode is None:
