@@ -351,7 +351,7 @@ async def policy_snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot |
     if entry.value is None:
         return None, 0
     try:
-        return snapshot_mod.snapshot_decoder.decode(entry.value), entry.revision or 0
+        return snapshot_mod.decode_snapshot(entry.value), entry.revision or 0
     except msgspec.DecodeError:
         return None, entry.revision or 0
 

@@ -54,7 +54,7 @@ class SnapshotHolder:
         if entry.value is None or entry.revision is None or entry.revision == self.revision:
             return False
         try:
-            snap = snapshot_mod.snapshot_decoder.decode(entry.value)
+            snap = snapshot_mod.decode_snapshot(entry.value)
         except msgspec.DecodeError as exc:
             log.error("policies.snapshot_invalid", revision=entry.revision, error=str(exc))
             self.revision = entry.revision

@@ -104,7 +104,7 @@ async def stored(conn: bus.Conn) -> tuple[snapshot.PolicySnapshot, int] | None:
     except nats.js.errors.KeyNotFoundError:
         return None
     assert entry.value is not None and entry.revision is not None
-    return snapshot.snapshot_decoder.decode(entry.value), entry.revision
+    return snapshot.decode_snapshot(entry.value), entry.revision
 
 
 async def wait_for(
