@@ -76,7 +76,55 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class RawClient:
+    """An SMTP client on asyncio streams, one command at a time like an app's (no
+    pipelining), so the load generator, which is not podpost, costs the shared CPU
+    little; ``--aiosmtplib`` uses aiosmtplib instead."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def __aenter__(self) -> RawClient:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        await self._reply()
+        await self._command(b"EHLO bench.local\r\n")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.writer.close()
+
+    async def _reply(self) -> bytes:
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise aiosmtplib.SMTPServerDisconnected("closed")
+            if line[3:4] != b"-":
+                return line
+
+    async def _command(self, data: bytes, ok: bytes = b"2") -> bytes:
+        self.writer.write(data)
+        reply = await self._reply()
+        if not reply.startswith(ok):
+            raise aiosmtplib.SMTPResponseException(int(reply[:3]), reply.decode().strip())
+        return reply
+
+    async def sendmail(self, sender: str, rcpts: list[str], body: bytes) -> None:
+        await self._command(f"MAIL FROM:<{sender}>\r\n".encode())
+        for rcpt in rcpts:
+            await self._command(f"RCPT TO:<{rcpt}>\r\n".encode())
+        await self._command(b"DATA\r\n", ok=b"3")
+        stuffed = body.replace(b"\r\n.", b"\r\n..")
+        end = b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
+        await self._command(stuffed + end)
+
+
+PROFILE: set[str] = set()
+"""Roles to run under cProfile (``--profile ROLE``), writing ``<role>.prof`` here."""
+
+
 async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    if args[1] in PROFILE:
+        args = (sys.executable, "-m", "cProfile", "-o", f"{args[1]}.prof", *args)
     return await asyncio.create_subprocess_exec(
         *args, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
@@ -98,7 +146,8 @@ async def wait_ready(port: int, timeout_s: float = 30.0) -> None:
 async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="podpost-bench-"))
     sink = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "bench" / "sink.py"), stdout=asyncio.subprocess.PIPE
+        sys.executable, str(ROOT / "bench" / "sink.py"),
+        *(["--aiosmtpd"] if args.aiosmtpd else []), stdout=asyncio.subprocess.PIPE
     )
     assert sink.stdout is not None
     sink_port = int((await sink.stdout.readline()).split()[1])
@@ -148,7 +197,10 @@ async def run(args: argparse.Namespace) -> None:
 
         async def session(index: int, count: int) -> None:
             nonlocal errors
-            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, timeout=60) as smtp:
+            client: RawClient | aiosmtplib.SMTP = (
+                aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, timeout=60)
+                if args.aiosmtplib else RawClient(smtp_port))
+            async with client as smtp:
                 for n in range(count):
                     body = message(index * 1_000_000 + n, args.size)
                     began = time.perf_counter()
@@ -179,7 +231,9 @@ async def run(args: argparse.Namespace) -> None:
         p50 = statistics.median(latencies) * 1000
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
         print(f"messages={args.messages} size={args.size}B sessions={args.sessions} "
-              f"dispatchers={args.dispatchers} errors={errors}")
+              f"dispatchers={args.dispatchers} errors={errors} "
+              f"client={'aiosmtplib' if args.aiosmtplib else 'raw'} "
+              f"sink={'aiosmtpd' if args.aiosmtpd else 'raw'}")
         print(f"accepted:  {len(latencies) / accepted_s:8.1f} msgs/s "
               f"({len(latencies)} in {accepted_s:.2f} s)")
         print(f"delivered: {(delivered - base) / delivered_s:8.1f} msgs/s "
@@ -192,6 +246,12 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         for proc in procs.values():
             if proc.returncode is None:
+                proc.terminate()  # a clean stop, so a profiled role writes its profile
+        for proc in procs.values():
+            try:
+                async with asyncio.timeout(15):
+                    await proc.wait()
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
         follower.cancel()
@@ -207,7 +267,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20,
                         help="maxConnections of the sink upstream")
     parser.add_argument("--timeout", type=float, default=300.0)
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--aiosmtplib", action="store_true",
+                        help="load with aiosmtplib instead of the light raw client")
+    parser.add_argument("--aiosmtpd", action="store_true",
+                        help="an aiosmtpd sink instead of the light raw one")
+    parser.add_argument("--profile", action="append", default=[],
+                        help="run this role (ingress, dispatcher) under cProfile")
+    args = parser.parse_args()
+    PROFILE.update(args.profile)
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
