@@ -48,6 +48,14 @@ def peer_ip(session: Session) -> str:
     return str(address) if address is not None else host
 
 
+def helo_name(session: Session) -> str:
+    """The HELO/EHLO name as valid text: aiosmtpd keeps undecodable bytes as surrogates,
+    which no JSON encoder takes, so they become U+FFFD instead of failing every mail of
+    the session."""
+    name = session.host_name or ""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _utf8(address: str) -> bool:
     """aiosmtpd decodes arguments with surrogateescape; refuse what is not UTF-8."""
     try:
@@ -146,7 +154,7 @@ class Handler:
         structlog.contextvars.bind_contextvars(mail_id=mail_id)
         smtputf8 = bool(envelope.smtp_utf8)
         trace = headers.Trace(
-            helo=session.host_name or "", ip=ip, source=admitted.route.source,
+            helo=helo_name(session), ip=ip, source=admitted.route.source,
             hostname=self._hostname, mail_id=mail_id, rcpt_to=list(envelope.rcpt_tos), at=now,
             protocol=headers.protocol(extended=session.extended_smtp, smtputf8=smtputf8,
                                       tls=session.ssl is not None),
@@ -156,7 +164,7 @@ class Handler:
         draft = mail.Envelope(
             id=mail_id, policy=policy.key, upstream=policy.upstream, mail_from=mail_from,
             rcpt_to=list(envelope.rcpt_tos), received_at=now, size=len(message),
-            client_ip=ip, source=admitted.route.source, helo=session.host_name or "",
+            client_ip=ip, source=admitted.route.source, helo=helo_name(session),
             smtputf8=smtputf8,
         )
         try:

@@ -20,6 +20,7 @@ TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 BAD_ADDRESS = "553 5.1.7 Address is not valid UTF-8"
 TOO_MANY_SESSIONS = "421 4.3.2 Too many sessions, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+CLOSING = "421 4.4.2 Input ended, closing the connection"
 
 
 def no_route(ip: str) -> str:

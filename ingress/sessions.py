@@ -186,6 +186,19 @@ class IngressSMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
 
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's loop turns any error into a reply and reads on. End of input is not
+        such an error: it means aiosmtpd's ``eof_received`` cancelled this task and the
+        cancellation got lost (Python 3.11's ``wait_for``, under nats-py's request, drops
+        a cancel that lands as the PubAck does), so the loop would read EOF forever, busy,
+        until the idle timeout. Close the session instead."""
+        if isinstance(error, asyncio.IncompleteReadError):
+            log.debug("ingress.session_ended_at_eof")
+            if self.transport is not None:
+                self.transport.close()
+            return replies.CLOSING
+        return str(await super().handle_exception(error))
+
     @property
     def idle(self) -> bool:
         """Not inside a transaction (no sender accepted yet)."""
