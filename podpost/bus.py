@@ -268,6 +268,26 @@ async def open_connection(
     return Conn(nc=nc, js=nc.jetstream(timeout=10.0), names=names.Bus(prefix=cfg.prefix))
 
 
+async def _ensure_retrying(conn: Conn, replicas: int, attempts: int | None) -> None:
+    """`ensure`, retried (like the first connection) while JetStream is slow or not yet
+    available: a fresh cluster elects its leaders, and creating replicated streams while
+    every role starts at once can outlast one request's timeout."""
+    tried = 0
+    delay = 0.5
+    while True:
+        tried += 1
+        try:
+            await ensure(conn, names.Retention(), replicas)
+            return
+        except (TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            if attempts is not None and tried >= attempts:
+                raise
+            log.warning("bus.ensure_failed", attempt=tried,
+                        error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 @contextlib.asynccontextmanager
 async def connect(
     cfg: settings_mod.NatsSettings, role: str, *, attempts: int | None = None,
@@ -277,7 +297,7 @@ async def connect(
     conn = await open_connection(cfg, role, attempts=attempts)
     try:
         if ensure_bus:
-            await ensure(conn, names.Retention(), cfg.replicas)
+            await _ensure_retrying(conn, cfg.replicas, attempts)
         yield conn
     finally:
         with contextlib.suppress(Exception):

@@ -116,7 +116,8 @@ async def run_load(
         async with relay_mod.running(dir, nats_url, upstream, dispatchers=dispatchers,
                                      **env) as relay:
             await relay_mod.wait_ready(relay)
-            load = relay_mod.Load(relay.port, messages, tag=scenario, sessions=sessions)
+            load = relay_mod.Load(relay.port, messages, tag=scenario, sessions=sessions,
+                                  deadline_s=max(90.0, messages / 40))
             started = time.monotonic()
             task = asyncio.create_task(load.run())
             try:
@@ -128,7 +129,8 @@ async def run_load(
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             accepted_s = time.monotonic() - started
-            counts = await relay_mod.all_delivered(upstream, load, nats_url)
+            counts = await relay_mod.all_delivered(upstream, load, nats_url,
+                                                    timeout_s=max(60.0, messages / 50))
             notes["accepted_s"] = round(accepted_s, 1)
             notes["longest_accept_pause_s"] = load.longest_pause_s()
             return relay_mod.figures(
