@@ -164,8 +164,8 @@ async def test_abuse_is_refused_and_the_planted_password_never_leaks(
                                         for m in await _stream_messages(
                                             js, bus_names.events_stream))
                             if isinstance(e, events.Rejected)]
-                streams = {info.config.name: await _stream_messages(js, info.config.name)
-                           for info in await js.streams_info()}
+                streams = {str(info.config.name): await _stream_messages(
+                    js, str(info.config.name)) for info in await js.streams_info()}
             finally:
                 await nc.close()
             assert len(handler.messages) == 1

@@ -68,4 +68,4 @@ async def test_sigkill_of_the_reconciler_loses_nothing_and_the_relay_goes_on(
     assert figures.lost == 0
     assert figures.duplicated == 0
     assert figures.notes["confirmed_while_down"] > 0
-    assert figures.refusals == {}
+    assert not [code for code in figures.refusals if code.startswith("5")]  # never unknown

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from podpost import bus, settings
 from tests.support import ingress as support
-from tests.support import relay
+from tests.support import relay, smtpfuzz
 
 IDLE = 1000
 IDLE_TIMEOUT_S = 6.0
@@ -17,8 +17,7 @@ IDLE_TIMEOUT_S = 6.0
 
 
 def _session_tasks() -> int:
-    return sum(1 for t in asyncio.all_tasks()
-               if not t.done() and "_handle_client" in t.get_coro().__qualname__)  # type: ignore[union-attr]
+    return len(smtpfuzz.session_tasks())
 
 
 async def _idle_client(ingress: support.Ingress) -> support.Raw:

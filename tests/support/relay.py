@@ -61,8 +61,11 @@ spec:
   retry: {{minDelay: 1s, maxDelay: 2s, maxQueueAge: 1h}}
 """
 
-ACK_WAIT_S = 4.0
-"""Dispatchers' ack wait: how soon a killed dispatcher's messages come back."""
+ACK_WAIT_S = 30.0
+"""Dispatchers' ack wait where nothing needs a redelivery: long, so a dispatcher starved
+of CPU for a moment is not mistaken for a dead one (which would send a message twice)."""
+SHORT_ACK_WAIT_S = 4.0
+"""Where a dispatcher or the broker is killed: how soon its unacked messages come back."""
 MAX_CONNECTIONS = 10
 """The sink's maxConnections: the most messages one dispatcher holds at once, so the most
 a SIGKILLed dispatcher can have delivered without acking (possible duplicates)."""
@@ -178,7 +181,7 @@ def environment(nats_url: str, **extra: str) -> dict[str, str]:
                PODPOST_LOG__LEVEL="warning", PODPOST_GRACE_S="2",
                PODPOST_DISPATCHER__ACK_WAIT_S=str(ACK_WAIT_S),
                PODPOST_DISPATCHER__DISCOVERY_INTERVAL_S="0.5",
-               PODPOST_INGRESS__PUBLISH_TIMEOUT_S="1",
+               PODPOST_INGRESS__PUBLISH_TIMEOUT_S="3",
                PODPOST_INGRESS__HOSTNAME="mx.relay.test")
     env.update(extra)
     return env

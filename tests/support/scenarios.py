@@ -107,14 +107,14 @@ def kill_stream_leader(cluster: natsserver.Cluster) -> Breaker:
 
 async def run_load(
     scenario: str, dir: Path, nats_url: str, breaker: Breaker, *, messages: int,
-    sessions: int, dispatchers: int = 2, **env: str,
+    sessions: int, dispatchers: int = 2, env: dict[str, str] | None = None,
 ) -> relay_mod.Figures:
     """Start the relay, run the load with ``breaker`` acting in the middle of it, wait for
     the deliveries and return the figures."""
     upstream = await upstream_mod.start()
     try:
         async with relay_mod.running(dir, nats_url, upstream, dispatchers=dispatchers,
-                                     **env) as relay:
+                                     **(env or {})) as relay:
             await relay_mod.wait_ready(relay)
             load = relay_mod.Load(relay.port, messages, tag=scenario, sessions=sessions,
                                   deadline_s=max(90.0, messages / 40))
@@ -147,8 +147,13 @@ async def crash(role: str, dir: Path, *, messages: int = 2000, sessions: int = 4
         breakers: dict[str, Breaker] = {
             "ingress": kill_ingress, "dispatcher": kill_dispatcher,
             "reconciler": kill_reconciler, "nats": kill_nats(server)}
+        env: dict[str, str] = {}
+        if role in ("dispatcher", "nats"):
+            env["PODPOST_DISPATCHER__ACK_WAIT_S"] = str(relay_mod.SHORT_ACK_WAIT_S)
+        if role == "nats":  # clients hear 451 a second after the broker went away
+            env["PODPOST_INGRESS__PUBLISH_TIMEOUT_S"] = "1"
         figures = await run_load(f"kill-{role}", dir / "relay", server.url, breakers[role],
-                                 messages=messages, sessions=sessions)
+                                 messages=messages, sessions=sessions, env=env)
         figures.peak_rss_mib["nats-server"] = round(relay_mod.peak_rss_mib(
             server.proc.pid if server.proc else None), 1)
         return figures
@@ -163,6 +168,8 @@ async def cluster_failover(dir: Path, *, messages: int = 2000, sessions: int = 4
         await relay_mod.jetstream_ready(nodes.url)
         return await run_load("kill-cluster-node", dir / "relay", nodes.url,
                               kill_stream_leader(nodes), messages=messages, sessions=sessions,
-                              PODPOST_NATS__REPLICAS="3")
+                              env={"PODPOST_NATS__REPLICAS": "3",
+                                   "PODPOST_DISPATCHER__ACK_WAIT_S":
+                                       str(relay_mod.SHORT_ACK_WAIT_S)})
     finally:
         await nodes.stop()
