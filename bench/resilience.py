@@ -46,7 +46,8 @@ async def fuzz(dir: Path, scripts: int) -> dict[str, Any]:
         nats = settings.NatsSettings(url=server.url)
         async with bus.connect(nats, "bench", attempts=3) as conn:
             await ingress_support.put_snapshot(conn)
-            cfg = ingress_support.make_settings(nats, idle_timeout_s=1.0, max_sessions=400)
+            cfg = ingress_support.make_settings(nats, idle_timeout_s=1.0, max_sessions=400,
+                                               max_recipients=smtpfuzz.MAX_RECIPIENTS)
             started = time.monotonic()
             sessions = smtpfuzz.generate(scripts)
             generated_s = time.monotonic() - started

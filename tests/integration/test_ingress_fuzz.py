@@ -34,7 +34,8 @@ async def ingress(
 ) -> AsyncIterator[support.Ingress]:
     await support.put_snapshot(conn)
     cfg = support.make_settings(nats_settings, idle_timeout_s=IDLE_TIMEOUT_S,
-                                max_sessions=CONCURRENCY * 2)
+                                max_sessions=CONCURRENCY * 2,
+                                max_recipients=smtpfuzz.MAX_RECIPIENTS)
     async with support.running(cfg) as running:
         yield running
 

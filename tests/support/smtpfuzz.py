@@ -51,6 +51,17 @@ _data_line = st.one_of(
     st.binary(max_size=80).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")))
 
 
+MAX_RECIPIENTS = 50
+"""The ingress's max_recipients for a fuzz run, so a burst of RCPTs goes over it cheaply."""
+_BURSTS = [
+    b"NOOP\r\n" * 100,
+    b"RSET\r\nMAIL FROM:<app@example.com>\r\n" * 50,
+    b"EHLO burst.test\r\nMAIL FROM:<app@example.com>\r\n"
+    + b"".join(b"RCPT TO:<r%d@y.test>\r\n" % i for i in range(MAX_RECIPIENTS + 5)),
+    b"XYZZY\r\n" * 50,
+]
+
+
 def _line(parts: tuple[bytes, ...]) -> bytes:
     return b"".join(parts) + b"\r\n"
 
@@ -75,6 +86,7 @@ _op = st.one_of(
         lambda t: b"EHLO client.test\r\nMAIL FROM:<" + t[0] + b">\r\nRCPT TO:<z@y.test>\r\n"
         b"DATA\r\nFrom: " + (t[1] or t[0]) + b"\r\n"
         + b"".join(line + b"\r\n" for line in t[2]) + b".\r\n"),
+    st.sampled_from(_BURSTS),  # pipelining abuse: hundreds of commands in one write
     st.binary(max_size=64),  # raw junk, newlines or not
     st.tuples(st.sampled_from([b"A", b"MAIL FROM:<", b"\x00"]),
               st.sampled_from([600, 1100, 70_000, MIB])).map(
