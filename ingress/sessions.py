@@ -174,6 +174,14 @@ class IngressSMTP(SMTP):
         structlog.contextvars.clear_contextvars()  # this callback's own context copy
         log.debug("ingress.session_closed", peer=self._peer, sessions=len(self._sessions))
 
+    def data_received(self, data: bytes) -> None:
+        """Any input is activity. aiosmtpd restarts its timeout only when a command
+        arrives, so a DATA transfer longer than ``idle_timeout_s`` was cut while its bytes
+        kept coming; like Postfix's smtpd_timeout, the limit is on silence."""
+        if self._timeout_handle is not None and self.transport is not None:
+            self._reset_timeout()
+        super().data_received(data)
+
     async def _handle_client(self) -> None:
         """aiosmtpd's session loop; a dropped connection ends it quietly, and nothing a
         client sends may end it with an unhandled exception."""

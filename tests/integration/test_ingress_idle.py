@@ -83,3 +83,30 @@ async def test_a_thousand_idle_connections_neither_block_the_ingress_nor_stay(
         assert leftovers == [b""] * IDLE  # closed without a word, by the timeout
         assert _session_tasks() == 0
         assert not ing.task.done()
+
+
+async def test_a_slow_but_steady_data_transfer_outlasts_the_idle_timeout(
+    conn: bus.Conn, nats_settings: settings.NatsSettings
+) -> None:
+    """Found here: the idle timeout restarted only per command, so a DATA transfer longer
+    than idle_timeout_s was cut while its lines kept coming. A line every 0.3 s for 2.4 s
+    with a 1 s timeout is now queued; a client silent mid-DATA is still cut."""
+    await support.put_snapshot(conn)
+    async with support.running(support.make_settings(nats_settings, idle_timeout_s=1.0)) as ing:
+        steady = await support.Raw.connect(ing)
+        silent = await support.Raw.connect(ing)
+        try:
+            for raw in (steady, silent):
+                await raw.command(b"EHLO client.test")
+                await raw.command(b"MAIL FROM:<app@example.com>")
+                await raw.command(b"RCPT TO:<z@y.test>")
+                assert (await raw.command(b"DATA")).startswith(b"354 ")
+            steady.writer.write(b"From: app@example.com\r\n\r\n")
+            for i in range(8):
+                await asyncio.sleep(0.3)
+                steady.writer.write(b"line %d\r\n" % i)
+            assert (await steady.command(b".")).startswith(b"250 2.0.0 queued as ")
+            assert await silent.reply() == b""  # closed by the server meanwhile
+        finally:
+            await steady.close()
+            await silent.close()
