@@ -104,7 +104,7 @@ def message(tag: str, index: int, padding: int = 0) -> bytes:
     return (
         f"From: {SENDER}\r\nTo: {RCPT}\r\nSubject: {token}\r\n"
         f"Message-ID: <{token}@load.test>\r\n\r\nbody of {token}\r\n"
-    ).encode() + b"x" * padding + (b"\r\n" if padding else b"")
+    ).encode() + (b"x" * 76 + b"\r\n") * (padding // 78)
 
 
 _SUBJECT_RE = re.compile(rb"\r\nSubject: ([\w.-]+)\r\n")
@@ -481,6 +481,20 @@ async def all_delivered(upstream: upstream_mod.Upstream, load: Load, nats_url: s
             finally:
                 await nc.close()
     return count_tokens(upstream.handler.messages, load.tag)
+
+
+async def bodies_left(nats_url: str) -> int:
+    """Objects still in the BODIES store (deleted ones not counted)."""
+    nc = await nats.connect(servers=nats_url.split(","), connect_timeout=2)
+    try:
+        store = await nc.jetstream(timeout=5).object_store(names.Bus().bodies_bucket)
+        try:
+            return len([info for info in await store.list(ignore_deletes=True)
+                        if not info.deleted])
+        except nats.js.errors.NotFoundError:
+            return 0
+    finally:
+        await nc.close()
 
 
 # -- a JetStream cluster -----------------------------------------------------------------
