@@ -4,8 +4,8 @@ scale, each printed as one line of figures (lost, duplicated, refusals, crashes,
 - ``kill-ingress``, ``kill-dispatcher``, ``kill-reconciler``, ``kill-nats``: SIGKILL that
   process a quarter into a load of ``--messages`` over ``--sessions`` parallel sessions
   (nats-server is restarted on its port and store, the others are started again);
-- ``kill-ingress-large``, ``kill-dispatcher-large``: the same with a twentieth of the
-  messages, 300 KiB each, so every body goes through the object store;
+- ``kill-ingress-large``, ``kill-dispatcher-large``, ``kill-nats-large``: the same with
+  a twentieth of the messages, 300 KiB each, so every body goes through the object store;
 - ``kill-cluster-node``: a 3-node loopback cluster with 3-replica streams, the MAIL
   stream's leader SIGKILLed under load;
 - ``fuzz``: ``--fuzz-scripts`` generated scripts, each in four client modes, against an
@@ -158,6 +158,9 @@ async def main(args: argparse.Namespace) -> None:
         "kill-dispatcher-large": lambda d: scenarios.crash(
             "dispatcher", d, messages=max(100, args.messages // 20),
             sessions=args.sessions // 2, padding=300 * 1024),
+        "kill-nats-large": lambda d: scenarios.crash(
+            "nats", d, messages=max(100, args.messages // 20), sessions=args.sessions // 2,
+            padding=300 * 1024),
         "kill-cluster-node": lambda d: scenarios.cluster_failover(d, **load),
         "fuzz": lambda d: fuzz(d, args.fuzz_scripts),
         "idle": lambda d: idle(d, args.idle),
