@@ -17,6 +17,7 @@ from typing import Any
 
 from podpost import natsserver
 from schemas import names
+from tests.support import jetstream
 from tests.support import relay as relay_mod
 from tests.support import upstream as upstream_mod
 
@@ -97,7 +98,7 @@ def kill_stream_leader(cluster: natsserver.Cluster) -> Breaker:
 
     async def breaker(relay: relay_mod.Relay, load: relay_mod.Load) -> dict[str, Any]:
         await load.until_confirmed(load.count // 4)
-        leader = await relay_mod.stream_leader(cluster.url, names.Bus().mail_stream)
+        leader = await jetstream.stream_leader(cluster.url, names.Bus().mail_stream)
         at_kill = len(load.confirmed)
         await cluster.node(leader).kill()
         return {"killed": leader, "confirmed_at_kill": at_kill}
@@ -136,7 +137,7 @@ async def run_load(
             notes["longest_accept_pause_s"] = load.longest_pause_s()
             if padding:  # a body is deleted just after its mail's ack: allow a moment
                 for _ in range(50):
-                    notes["bodies_left"] = await relay_mod.bodies_left(nats_url)
+                    notes["bodies_left"] = await jetstream.bodies_left(nats_url)
                     if not notes["bodies_left"]:
                         break
                     await asyncio.sleep(0.1)
@@ -175,7 +176,7 @@ async def cluster_failover(dir: Path, *, messages: int = 2000, sessions: int = 4
     nodes = natsserver.cluster(dir / "cluster")
     try:
         await nodes.start()
-        await relay_mod.jetstream_ready(nodes.url)
+        await jetstream.jetstream_ready(nodes.url)
         return await run_load("kill-cluster-node", dir / "relay", nodes.url,
                               kill_stream_leader(nodes), messages=messages, sessions=sessions,
                               env={"PODPOST_NATS__REPLICAS": "3",
