@@ -237,8 +237,10 @@ def _closed_port() -> int:
 
 
 async def _gone(store: ObjectStore, name: str) -> bool:
+    """The object's meta says it is deleted (or was never there). Not ``store.get``: a
+    get racing the delete waits forever for chunks that were just purged."""
     try:
-        await store.get(name)
+        await store.get_info(name)
     except nats.js.errors.NotFoundError:
         return True
     return False
