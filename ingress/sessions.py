@@ -222,6 +222,16 @@ class IngressSMTP(SMTP):
 
     # -- aiosmtpd overrides ----------------------------------------------------------------
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser. The stdlib's raises IndexError on a lone ``<``
+        (``MAIL FROM:<``): that is a malformed address (553), not an internal error
+        (451, and an error log with a traceback for every such command)."""
+        try:
+            address, rest = super()._getaddr(arg)
+        except IndexError:
+            return None, None
+        return address, rest
+
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA, reading up to each ``.<CRLF>`` instead of line by line (see

@@ -111,3 +111,22 @@ async def test_a_helo_name_that_is_not_utf8_does_not_fail_the_sessions_mail(
         await raw.close()
     [(_, envelope)] = await support.stored(conn)
     assert envelope.helo == "\ufffd\ufffdbad.test"
+
+
+@pytest.mark.parametrize("line", [b"MAIL FROM:<", b"MAIL FROM:<@", b"RCPT TO:<"])
+async def test_a_lone_angle_bracket_is_a_malformed_address_not_an_internal_error(
+    ingress: support.Ingress, line: bytes
+) -> None:
+    """Found by the generator at 40,000 sessions: the stdlib's address parser raises
+    IndexError on ``<`` alone, which became 451 and an error log with a traceback."""
+    raw = await support.Raw.connect(ingress)
+    try:
+        await raw.command(b"EHLO client.test")
+        if line.startswith(b"RCPT"):
+            await raw.command(b"MAIL FROM:<app@example.com>")
+        with structlog.testing.capture_logs() as logs:
+            assert await raw.command(line) == b"553 5.1.3 Error: malformed address\r\n"
+        assert await raw.command(b"NOOP") == b"250 OK\r\n"
+    finally:
+        await raw.close()
+    assert [e for e in logs if e["log_level"] == "error"] == []
