@@ -99,12 +99,14 @@ async def _dev(state: Path, smtp_port: int, nats_port: int, log: Path
 
 
 async def _caught(nats_url: str, subject: str) -> list[dict[str, object]]:
+    """The caught mail with ``subject``, once ``podpost caught list`` shows it (15 s)."""
     async with asyncio.timeout(15):
         while True:
-            rows = (await cli.podpost(nats_url, "caught", "list", "--json")).json()
-            mine = [row for row in rows if subject in str(row)]
-            if mine:
-                return mine
+            listed = await cli.podpost(nats_url, "caught", "list", "--json")
+            if listed.code == 0:  # else the embedded nats-server is not up yet
+                mine = [row for row in listed.json() if subject in str(row)]
+                if mine:
+                    return mine
             await asyncio.sleep(0.2)
 
 
