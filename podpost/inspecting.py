@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
@@ -134,6 +134,7 @@ class Dead:
 
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 
 @dataclass(frozen=True)
@@ -145,17 +146,24 @@ class Read(Generic[T]):
     last_seq: int = 0
 
 
-def _decode_dead(stored: Sequence[Stored]) -> Read[Dead]:
-    found: list[Dead] = []
+def _decode(stored: Sequence[Stored], decoder: msgspec.json.Decoder[M],
+            make: Callable[[Stored, M], T]) -> Read[T]:
+    """Decode each stored message and make its row; count what does not decode."""
+    found: list[T] = []
     bad = 0
     for msg in stored:
         try:
-            letter = mail.dead_letter_decoder.decode(msg.data)
+            value = decoder.decode(msg.data)
         except msgspec.DecodeError:
             bad += 1
             continue
-        found.append(Dead(reports.dead_item(msg.seq, letter), letter))
+        found.append(make(msg, value))
     return Read(found, bad, max((msg.seq for msg in stored), default=0))
+
+
+def _decode_dead(stored: Sequence[Stored]) -> Read[Dead]:
+    return _decode(stored, mail.dead_letter_decoder,
+                   lambda msg, letter: Dead(reports.dead_item(msg.seq, letter), letter))
 
 
 async def dead_letters(
@@ -200,18 +208,13 @@ class CaughtMail:
 async def caught(conn: bus.Conn, *, with_subjects: bool = True) -> Read[CaughtMail]:
     """Every mail the catcher kept (the Subject is read from inline bodies only)."""
     stored = await scan(conn, conn.names.caught_stream, conn.names.caught_filter())
-    found: list[CaughtMail] = []
-    bad = 0
-    for msg in stored:
-        try:
-            kept = mail.caught_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            bad += 1
-            continue
+
+    def make(msg: Stored, kept: mail.Caught) -> CaughtMail:
         body = kept.envelope.body
         subject = reports.subject_of(body) if with_subjects and body is not None else ""
-        found.append(CaughtMail(reports.caught_item(msg.seq, kept, subject), kept))
-    return Read(found, bad, max((msg.seq for msg in stored), default=0))
+        return CaughtMail(reports.caught_item(msg.seq, kept, subject), kept)
+
+    return _decode(stored, mail.caught_decoder, make)
 
 
 async def find_caught(conn: bus.Conn, ids: reports.Ids) -> tuple[list[CaughtMail], list[str]]:
