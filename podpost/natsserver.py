@@ -39,6 +39,19 @@ def binary() -> str:
     return found
 
 
+async def terminate(proc: asyncio.subprocess.Process, grace_s: float) -> int | None:
+    """SIGTERM, then SIGKILL after ``grace_s``; the exit code, None if it had to be killed."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None
+    return proc.returncode
+
+
 @dataclass
 class NatsServer:
     store_dir: Path
@@ -101,13 +114,7 @@ class NatsServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         if self.proc is None:
             return
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace_s)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await terminate(self.proc, grace_s)
         await self._reap()
 
     async def kill(self) -> None:

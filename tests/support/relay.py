@@ -34,6 +34,7 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from podpost import natsserver
 from schemas import names
 from tests.support import upstream as upstream_mod
 
@@ -160,15 +161,7 @@ class Role:
         """SIGTERM, then SIGKILL after ``grace_s``; the exit code (None if it was killed)."""
         if self.proc is None:
             return None
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace_s)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-                return None
-        return self.proc.returncode
+        return await natsserver.terminate(self.proc, grace_s)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
