@@ -95,6 +95,16 @@ class Handler:
 
     # -- hooks ---------------------------------------------------------------------------
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Transaction, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """aiosmtpd's EHLO reply, plus ``PIPELINING`` (RFC 2920): aiosmtpd reads commands
+        from its stream one by one and answers them in order, so a client may send MAIL,
+        the RCPTs and DATA in one write; without the keyword clients wait for each reply."""
+        session.host_name = hostname  # the hook's job when it takes ``responses``
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Transaction, address: str,
         mail_options: list[str],

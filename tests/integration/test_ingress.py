@@ -308,3 +308,33 @@ async def test_a_10_mib_message_is_stored_byte_identical(
     assert stored[-len(data):] == data
     prefix = stored[: -len(data)]
     assert [name for name, _ in headers.fields(prefix)] == ["received", "message-id", "date"]
+
+
+async def test_ehlo_advertises_pipelining_and_a_pipelining_client_is_served_in_order(
+    ingress: support.Ingress, conn: bus.Conn
+) -> None:
+    """EHLO offers PIPELINING (RFC 2920), and a client that sends MAIL, two RCPTs and DATA
+    in one write, then the body and QUIT in another, gets every reply in order and its mail
+    queued once."""
+    raw = await support.Raw.connect(ingress)
+    try:
+        ehlo = await raw.command(b"EHLO client.test")
+        assert b"250-PIPELINING\r\n" in ehlo and ehlo.endswith(b"250 HELP\r\n")
+        raw.writer.write(b"MAIL FROM:<app@example.com>\r\n"
+                         b"RCPT TO:<a@example.net>\r\n"
+                         b"RCPT TO:<b@example.net>\r\n"
+                         b"DATA\r\n")
+        await raw.writer.drain()
+        group = [await raw.reply() for _ in range(4)]
+        assert [line[:4] for line in group] == [b"250 ", b"250 ", b"250 ", b"354 "]
+        raw.writer.write(MESSAGE.replace(b"\r\n.", b"\r\n..") + b".\r\nQUIT\r\n")
+        await raw.writer.drain()
+        queued, bye = await raw.reply(), await raw.reply()
+    finally:
+        await raw.close()
+    mail_id = mailid.compute("app@example.com", ["a@example.net", "b@example.net"], MESSAGE)
+    assert queued == f"250 2.0.0 queued as {mail_id}\r\n".encode()
+    assert bye.startswith(b"221 ")
+    [(_, envelope)] = await support.stored(conn)
+    assert envelope.id == mail_id and envelope.body is not None
+    assert envelope.body.endswith(MESSAGE)
