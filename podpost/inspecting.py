@@ -24,7 +24,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from podpost import bus, reports
+from podpost import bus, reports, timeline
 from schemas import events, mail, rates
 from schemas import snapshot as snapshot_mod
 
@@ -256,9 +256,9 @@ _mail_id_decoder = msgspec.json.Decoder(_MailIdOnly)
 
 async def history(conn: bus.Conn, mail_id: str, *, since: datetime | None = None
                   ) -> list[events.AnyEvent]:
-    """Every event of one mail, in the order the EVENTS stream recorded them. Events are
-    published per kind, not per mail, so this scans the stream; only the mail id of each
-    event is decoded until one matches."""
+    """Every event of one mail, oldest first (`timeline.ordered`: by time, not by arrival).
+    Events are published per kind, not per mail, so this scans the stream; only the mail
+    id of each event is decoded until one matches."""
     stored = await scan(conn, conn.names.events_stream, conn.names.events_filter(),
                         start_time=since)
     found: list[events.AnyEvent] = []
@@ -269,7 +269,7 @@ async def history(conn: bus.Conn, mail_id: str, *, since: datetime | None = None
             found.append(events.event_decoder.decode(msg.data))
         except msgspec.DecodeError:
             continue  # an event kind this version does not know
-    return found
+    return timeline.ordered(found)
 
 
 async def dead_letter_fates(conn: bus.Conn) -> list[events.Replayed | events.Purged]:

@@ -174,7 +174,7 @@ def _detail(event: events.AnyEvent) -> str:
 
 
 def trace(mail_id: str, history: Sequence[events.AnyEvent]) -> Table:
-    """A mail's events in the order they were recorded."""
+    """A mail's events, oldest first (as `inspecting.history` returns them)."""
     table = Table(title=f"mail {mail_id}: {len(history)} events", title_justify="left")
     for name in ("time", "kind", "upstream", "policy", "code", "reply", "detail"):
         table.add_column(name, overflow="fold", justify="right" if name == "code" else "left")

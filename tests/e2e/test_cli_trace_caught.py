@@ -4,7 +4,7 @@ by the catcher sink."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from podpost import bus, settings
 from schemas import events, names, snapshot
@@ -90,3 +90,27 @@ async def test_caught_mail_is_listed_and_shown(
 
     raw = await cli.podpost(url, "caught", "show", second.id, "--raw")
     assert raw.stdout == d.BODY
+
+
+async def test_trace_orders_events_by_time_not_by_arrival(
+    conn: bus.Conn, nats_settings: settings.NatsSettings
+) -> None:
+    """Events stored out of order (the dispatcher's before the ingress's, an outcome
+    before the attempt of the same instant) are traced by time, ties in life order."""
+    at = datetime.now(UTC)
+    later = at + timedelta(milliseconds=5)
+    mail_id = "outoforder1"
+    stored: list[events.AnyEvent] = [
+        events.Delivered(mail_id=mail_id, at=later, attempt=2, code=250),
+        events.Deferred(mail_id=mail_id, at=at, attempt=1, code=451, retry_in_s=1.0),
+        events.Attempted(mail_id=mail_id, at=later, attempt=2),
+        events.Attempted(mail_id=mail_id, at=at, attempt=1),
+        events.Accepted(mail_id=mail_id, at=at),
+    ]
+    for event in stored:
+        await conn.js.publish(conn.names.event_subject(events.kind_of(event)),
+                              events.event_encoder.encode(event))
+    traced = (await cli.podpost(nats_settings.url, "trace", mail_id, "--json")).json()
+    assert [(e["kind"], e.get("attempt")) for e in traced] == [
+        ("accepted", None), ("attempted", 1), ("deferred", 1), ("attempted", 2),
+        ("delivered", 2)]
