@@ -2,16 +2,23 @@
 
 Commands stay thin: they build settings, then call a role's ``serve`` or an admin
 function; tables are built by pure functions in `podpost.tables`.
+
+Every error a user sees is one line on stderr with a non-zero exit, as the README promises.
+Typer would draw a usage error as a usage line, a hint and a boxed message; `main` runs
+the app without click's standalone mode and prints `usage_error` instead. The stderr
+console never wraps (``soft_wrap``), so an error piped to a file stays one line too.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from podpost import settings as settings_mod
 
@@ -22,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 NatsUrl = Annotated[
     str | None,
@@ -36,8 +43,13 @@ def load_settings(overrides: dict[str, Any] | None = None) -> settings_mod.Setti
     try:
         return settings_mod.load(os.environ, overrides)
     except settings_mod.SettingsError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        error(str(exc))
         raise typer.Exit(2) from None
+
+
+def error(message: str) -> None:
+    """One line on stderr: ``error: <message>`` (the message is never read as markup)."""
+    err.print(f"[red]error:[/red] {escape(message)}")
 
 
 @app.command()
@@ -307,13 +319,35 @@ def nats_config(
         text = natsauth.render(bus, fmt, passwords, secret_name=secret_name,
                                namespace=namespace)
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        error(str(exc))
         raise typer.Exit(2) from None
     typer.echo(text, nl=False)
 
 
+def usage_error(exc: typer.TyperException) -> str:
+    """A usage error (missing argument, unknown option or command, bad value) as the one
+    line that follows ``error: ``: typer's message, then where the help is."""
+    line = " ".join(exc.format_message().split())
+    ctx: Any = getattr(exc, "ctx", None)
+    if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+        if not line.endswith((".", "?", "!")):
+            line += "."
+        line += f" Try '{ctx.command_path} {ctx.help_option_names[0]}'."
+    return line
+
+
 def main() -> None:
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `podpost`: help is printed
+            sys.exit(exc.exit_code)
+        error(usage_error(exc))
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        error("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

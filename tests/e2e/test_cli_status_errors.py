@@ -104,3 +104,28 @@ async def test_no_broker_is_an_error_within_seconds() -> None:
         result = await cli.podpost(f"nats://127.0.0.1:{port}", "dlq", "list", timeout_s=20)
     assert f"cannot reach NATS at nats://127.0.0.1:{port}" in cli.one_line_error(result)
     assert result.code == 1
+
+
+async def test_usage_and_settings_errors_are_one_line_on_a_narrow_pipe() -> None:
+    """A missing argument, an unknown option or command, a bad option value and a
+    misspelt PODPOST_ variable each give one ``error:`` line and exit 2, even with stderr
+    a pipe 80 columns wide (no box, no wrapping); the usage errors say where help is."""
+    narrow = {"COLUMNS": "80"}
+    cases = [
+        (("trace",), "Missing argument", "Try 'podpost trace --help'."),
+        (("status", "--bogus"), "No such option: --bogus", "Try 'podpost status --help'."),
+        (("dlq", "lst"), "No such command 'lst'", "Try 'podpost dlq --help'."),
+        (("dev", "--smtp-port", "many"), "Invalid value for '--smtp-port'",
+         "Try 'podpost dev --help'."),
+    ]
+    for args, message, hint in cases:
+        result = await cli.podpost("nats://127.0.0.1:1", *args, env=narrow)
+        line = cli.one_line_error(result)
+        assert message in line and line.endswith(hint), (args, line)
+        assert result.code == 2, (args, result.code)
+    typo = await cli.podpost("nats://127.0.0.1:1", "dispatcher",
+                             env={**narrow, "PODPOST_DISPATCHER__MAX_CONECTIONS": "3"})
+    assert cli.one_line_error(typo) == (
+        "error: PODPOST_DISPATCHER__MAX_CONECTIONS: Object contains unknown field "
+        "`max_conections`")
+    assert typo.code == 2

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,14 @@ def environment(nats_url: str) -> dict[str, str]:
     return env
 
 
-async def podpost(nats_url: str, *args: str, timeout_s: float = 30.0) -> Result:
-    """``podpost ARGS`` against ``nats_url``; killed if it outlives ``timeout_s``."""
+async def podpost(nats_url: str, *args: str, timeout_s: float = 30.0,
+                  env: Mapping[str, str] | None = None) -> Result:
+    """``podpost ARGS`` against ``nats_url`` (``env`` on top of `environment`); killed if
+    it outlives ``timeout_s``."""
     proc = await asyncio.create_subprocess_exec(
         str(PODPOST), *args, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=environment(nats_url))
+        env={**environment(nats_url), **(env or {})})
     try:
         async with asyncio.timeout(timeout_s):
             stdout, stderr = await proc.communicate()
