@@ -106,22 +106,25 @@ def dev(
     smtp_port: Annotated[int, typer.Option(help="SMTP port on 127.0.0.1.")] = 2525,
     nats_port: Annotated[int, typer.Option(help="Port of the embedded nats-server.")] = 4222,
     policies: Annotated[
-        Path, typer.Option("--policies", help="Policy file (the file source).")
-    ] = Path("deploy/examples/dev.yaml"),
+        Path | None, typer.Option(
+            "--policies", help="Policy file (the file source); default: the dev policy "
+            "shipped with podpost (every local client to the catcher).", show_default=False)
+    ] = None,
     state_dir: Annotated[
-        Path, typer.Option(help="Where the embedded nats-server keeps its store.")
+        Path, typer.Option(help="Where the embedded nats-server keeps its store "
+                                "(relative to the current directory).")
     ] = Path(".podpost"),
 ) -> None:
     """Everything on one machine: embedded nats-server, file policies, ingress, dispatcher."""
     from podpost import devmode
 
-    if not policies.is_file():
-        err.print(f"[red]error:[/red] policy file not found: {policies}")
-        raise typer.Exit(2)
     cfg = load_settings({
         "ingress": {"host": "127.0.0.1", "port": smtp_port},
-        "reconciler": {"source": "file", "file": str(policies)},
+        "reconciler": {"source": "file", "file": str(policies) if policies else None},
     })
+    if not Path(cfg.reconciler.file).is_file():
+        error(f"policy file not found: {cfg.reconciler.file}")
+        raise typer.Exit(2)
     devmode.run(cfg, nats_port=nats_port, state_dir=state_dir)
 
 

@@ -1,6 +1,8 @@
 """``podpost dev``: an embedded nats-server and every role in one process.
 
-The store lives under ``.podpost/`` so queued mail survives a restart of ``podpost dev``.
+The store lives under ``.podpost/`` in the current directory (``--state-dir`` moves it), so
+queued mail survives a restart of ``podpost dev`` from there. The policies come from the dev
+policy shipped in the package unless ``--policies`` names another file.
 """
 
 from __future__ import annotations

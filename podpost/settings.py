@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 from schemas import snapshot
+
+DEV_POLICY = str(Path(__file__).resolve().with_name("data") / "dev.yaml")
+"""The dev policy file shipped inside the package (package data): every client on this
+machine gets a catcher policy. ``podpost dev`` and the file source read it by default, so
+neither depends on the current directory."""
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -103,8 +109,9 @@ class DispatcherSettings(_Section, frozen=True, kw_only=True):
 
 class ReconcilerSettings(_Section, frozen=True, kw_only=True):
     source: Literal["file", "kubernetes"] = "file"
-    file: str = "deploy/examples/dev.yaml"
-    """The policy file of the file source."""
+    file: str = DEV_POLICY
+    """The policy file of the file source; by default the dev policy shipped with podpost
+    (`DEV_POLICY`), wherever podpost runs from."""
     poll_interval_s: float = 1.0
     """How often the file source checks the file for changes."""
     debounce_s: float = 0.2

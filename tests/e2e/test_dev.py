@@ -75,15 +75,17 @@ async def _send_when_ready(port: int, subject: str) -> tuple[int, bytes]:
 
 
 @contextlib.asynccontextmanager
-async def _dev(state: Path, smtp_port: int, nats_port: int, log: Path
-               ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``podpost dev`` with the repository's default policy file, stopped with SIGINT."""
+async def _dev(state: Path | None, smtp_port: int, nats_port: int, log: Path, *,
+               cwd: Path = REPO) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``podpost dev`` with its default policy file, run in ``cwd``, stopped with SIGINT;
+    ``state`` None: no ``--state-dir`` (the default, ``.podpost/`` in ``cwd``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
     env.update(PODPOST_GRACE_S="2", PODPOST_DISPATCHER__DISCOVERY_INTERVAL_S="0.2")
+    where = [] if state is None else ["--state-dir", str(state)]
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             str(cli.PODPOST), "dev", "--smtp-port", str(smtp_port), "--nats-port",
-            str(nats_port), "--state-dir", str(state), cwd=REPO, env=env,
+            str(nats_port), *where, cwd=cwd, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
     try:
         yield proc
@@ -135,3 +137,24 @@ async def test_the_readme_demo_works_and_survives_a_restart(tmp_path: Path) -> N
         [again] = await _caught(nats_url, "hello podpost")
         assert again == row  # kept in the store under --state-dir across the restart
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+async def test_dev_runs_from_any_directory_with_the_packaged_policy(tmp_path: Path) -> None:
+    """``podpost dev`` started in an empty directory (no checkout around it) uses the dev
+    policy shipped in the package, relays a mail into the catcher, and keeps its store in
+    ``.podpost/`` of that directory."""
+    smtp_port, nats_port = _free_port(), _free_port()
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    log = tmp_path / "dev.log"
+    async with _dev(None, smtp_port, nats_port, log, cwd=empty) as proc:
+        try:
+            code, text = await _send_when_ready(smtp_port, "from anywhere")
+        except TimeoutError:
+            raise AssertionError(log.read_text()[-3000:]) from None
+        assert code == 250 and text.startswith(b"2.0.0 queued as "), text
+        mail_id = text.decode().rsplit(" ", 1)[1]
+        [row] = await _caught(f"nats://127.0.0.1:{nats_port}", "from anywhere")
+        assert mail_id in str(row.values())
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert (empty / ".podpost" / "nats").is_dir()

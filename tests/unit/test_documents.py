@@ -3,11 +3,14 @@ file, the document and the field."""
 
 from __future__ import annotations
 
+import fnmatch
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from podpost import settings
 from reconciler import building, documents
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,10 +130,10 @@ def test_errors_never_quote_a_secret() -> None:
     assert "s3cret" not in error_of(wrong_type)
 
 
-@pytest.mark.parametrize("name", ["dev.yaml", "relay.yaml"])
-def test_shipped_examples_build_with_every_policy_ready(name: str) -> None:
+@pytest.mark.parametrize("path", [Path(settings.DEV_POLICY),
+                                  ROOT / "deploy" / "examples" / "relay.yaml"])
+def test_shipped_examples_build_with_every_policy_ready(path: Path) -> None:
     """The example files parse, every policy is Ready, and every static source is routed."""
-    path = ROOT / "deploy" / "examples" / name
     inputs = documents.parse(path.read_text(), path=str(path))
     result = building.build(inputs, now=NOW, source=f"file:{path}")
     assert inputs.policies and set(result.snapshot.policies) == {
@@ -144,9 +147,22 @@ def test_shipped_examples_build_with_every_policy_ready(name: str) -> None:
 
 def test_dev_file_routes_localhost_to_the_catcher() -> None:
     """podpost dev: 127.0.0.0/8 and ::1 go to a catcher policy."""
-    path = ROOT / "deploy" / "examples" / "dev.yaml"
+    path = Path(settings.DEV_POLICY)
     result = building.build(documents.parse(path.read_text(), path="dev.yaml"),
                             now=NOW, source="file:dev.yaml")
     networks = {r.network: result.snapshot.policies[r.policy].upstream
                 for r in result.snapshot.routes}
     assert networks == {"127.0.0.0/8": "_/catcher", "::1/128": "_/catcher"}
+
+
+def test_the_dev_policy_ships_inside_the_package() -> None:
+    """The dev policy lives in the podpost package and is declared package data, so a
+    wheel (``pip install podpost``, the image) carries it, not only a checkout."""
+    path = Path(settings.DEV_POLICY)
+    relative = path.relative_to(ROOT / "podpost" / "data").as_posix()
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
+        "tool"]["setuptools"]
+    assert "podpost.data" in setuptools["packages"]
+    patterns = setuptools["package-data"]["podpost.data"]
+    assert any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns), patterns
+    assert not (ROOT / "deploy" / "examples" / "dev.yaml").exists()  # one copy, no drift
