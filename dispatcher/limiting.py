@@ -28,6 +28,10 @@ A message counts in the window in which its fetch returned, that is when it is s
 worker waiting for mail holds a token up to its fetch timeout, and when the mail comes
 after its window has ended, it is counted in the new window (even past the maximum, so
 the others are granted that much less) and the old window keeps the token.
+
+A token held by a waiting fetch limits like a sent message but is not one: the counter
+keeps what was granted (``used``, which the limit is enforced on) apart from what found a
+message (``sent``, `arrived`), so ``podpost status`` reports mail, not reservations.
 """
 
 from __future__ import annotations
@@ -106,6 +110,13 @@ def settle(granted_start: int, tokens: int, unused: int, now_ms: int, period: in
     if current == granted_start:
         return granted_start, -unused
     return current, max(0, tokens - unused)
+
+
+def arrived(tokens: int, unused: int) -> int:
+    """Messages a fetch made with ``tokens`` got, ``unused`` of them left over (negative:
+    more arrived than granted); never negative. They are counted as sent in the window
+    `settle` names."""
+    return max(0, tokens - unused)
 
 
 def wait_s(now_ms: int, period: int, max_s: float) -> float:

@@ -11,9 +11,12 @@ the bucket's TTL removes old ones.
 
 After each fetch the grant is settled (`limiting.settle`): tokens that found no message
 go back to their window while it lasts; messages that arrived after their window ended
-are counted in the current one. Which window a grant came from is remembered per asyncio
-task (a `ContextVar`): each worker fetches in its own task, so two workers never mix up
-their grants.
+are counted in the current one. The same write adds the messages that arrived to the
+window's ``sent`` count (`limiting.arrived`), which is what ``podpost status`` reads: a
+grant is visible in ``used`` the moment it is taken (it must be, or the limit would not
+hold across replicas), but it is only mail once a message came for it. Which window a
+grant came from is remembered per asyncio task (a `ContextVar`): each worker fetches in
+its own task, so two workers never mix up their grants.
 
 Failure never loses mail: a broker error or a lost race grants nothing, the mail stays in
 the stream, and the worker waits and asks again. A correction that cannot be written is
@@ -101,7 +104,8 @@ class KvLimiter:
                                   maximum=ratelimit.maximum)
         try:
             before, after = await self._swap(
-                key, window, lambda used: used + limiting.grant(ratelimit.maximum, used, want))
+                key, window, lambda used, sent: (
+                    used + limiting.grant(ratelimit.maximum, used, want), sent))
         except (nats.errors.Error, TimeoutError, _Contended) as exc:
             log.warning("dispatcher.rate_count_failed", policy=policy_key, window=key,
                         error=str(exc) or type(exc).__name__)
@@ -120,9 +124,11 @@ class KvLimiter:
             return
         _last_grant.set(None)  # a grant is settled once
         period = limiting.period_ms(ratelimit, self._scale)
-        start, delta = limiting.settle(grant.window.start_ms, grant.tokens,
-                                       min(unused, grant.tokens), self._clock(), period)
-        if delta == 0:
+        unused = min(unused, grant.tokens)
+        start, delta = limiting.settle(grant.window.start_ms, grant.tokens, unused,
+                                       self._clock(), period)
+        sent = limiting.arrived(grant.tokens, unused)
+        if delta == 0 and sent == 0:
             return
         window = grant.window
         if start != window.start_ms:
@@ -130,10 +136,11 @@ class KvLimiter:
                                       maximum=ratelimit.maximum)
         key = rates.window_key(policy_key, start)
         try:
-            await self._swap(key, window, lambda used: limiting.adjusted(used, delta))
+            await self._swap(key, window, lambda used, was_sent: (
+                limiting.adjusted(used, delta), was_sent + sent))
         except (nats.errors.Error, TimeoutError, _Contended) as exc:
             log.warning("dispatcher.rate_correction_dropped", policy=policy_key, window=key,
-                        delta=delta, error=str(exc) or type(exc).__name__)
+                        delta=delta, sent=sent, error=str(exc) or type(exc).__name__)
 
     async def wait(
         self, policy_key: str, ratelimit: snapshot.RateLimit | None, max_s: float
@@ -145,27 +152,30 @@ class KvLimiter:
         await asyncio.sleep(min(max(0.0, max_s), delay + WAKE_MARGIN_S))
 
     async def _swap(
-        self, key: str, window: rates.RateWindow, step: Callable[[int], int]
+        self, key: str, window: rates.RateWindow, step: Callable[[int, int], tuple[int, int]]
     ) -> tuple[int, int]:
-        """Apply ``step`` (count -> new count) to the window's key by compare-and-swap;
-        (count before, count after). A key that does not decode counts as full."""
+        """Apply ``step`` ((used, sent) -> new (used, sent)) to the window's key by
+        compare-and-swap; (used before, used after). A key that does not decode counts as
+        full."""
         for attempt in range(CAS_TRIES):
             revision: int | None = None
-            used = 0
+            used = sent = 0
             try:
                 async with asyncio.timeout(KV_TIMEOUT_S):
                     entry = await self._kv.get(key)
                 revision = entry.revision
-                used = rates.window_decoder.decode(entry.value or b"").used
+                stored = rates.window_decoder.decode(entry.value or b"")
+                used, sent = stored.used, stored.sent
             except nats.js.errors.KeyNotFoundError:
                 pass
             except msgspec.DecodeError:
                 log.error("dispatcher.rate_window_invalid", window=key)
                 used = window.maximum
-            new = step(used)
-            if new == used:
+            new, new_sent = step(used, sent)
+            if (new, new_sent) == (used, sent):
                 return used, used
-            value = rates.window_encoder.encode(msgspec.structs.replace(window, used=new))
+            value = rates.window_encoder.encode(
+                msgspec.structs.replace(window, used=new, sent=new_sent))
             try:
                 async with asyncio.timeout(KV_TIMEOUT_S):
                     if revision is None:

@@ -331,7 +331,9 @@ async def _attempt_records(conn: bus.Conn) -> tuple[list[mail.AttemptRecord], in
 
 
 async def rate_used(conn: bus.Conn, now: datetime) -> dict[str, int]:
-    """Messages counted per policy in its current rate-limit window (RATES bucket)."""
+    """Messages sent per policy in its current rate-limit window (RATES bucket): the
+    window's ``sent``, not its ``used``, which also holds the tokens dispatchers reserved
+    for fetches still waiting for mail."""
     bucket = conn.names.rates_bucket
     stored = await scan(conn, f"KV_{bucket}", f"$KV.{bucket}.>", last_per_subject=True)
     windows: list[rates.RateWindow] = []
@@ -341,7 +343,7 @@ async def rate_used(conn: bus.Conn, now: datetime) -> dict[str, int]:
         with contextlib.suppress(msgspec.DecodeError):
             windows.append(rates.window_decoder.decode(msg.data))
     now_ms = int(now.timestamp() * 1000)
-    return {policy: w.used for policy, w in rates.current(windows, now_ms).items()}
+    return {policy: w.sent for policy, w in rates.current(windows, now_ms).items()}
 
 
 async def policy_snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot | None, int]:

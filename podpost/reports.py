@@ -215,8 +215,9 @@ def orphaned(candidates: Iterable[str], still_used: Iterable[str]) -> list[str]:
 
 
 class RateUsage(msgspec.Struct, frozen=True, kw_only=True):
-    """A policy's rate limit; ``used`` (messages in the current window) is filled in by
-    whoever can read the limiter's counters."""
+    """A policy's rate limit; ``used`` (messages sent in the current window, not the
+    tokens dispatchers hold for fetches still waiting) is filled in by whoever can read the
+    limiter's counters."""
 
     maximum: int
     period_s: float
@@ -303,7 +304,7 @@ def status_report(
     rate_used: Mapping[str, int] | None = None,
 ) -> StatusReport:
     """Fold the raw counts into one row per upstream with one row per policy underneath.
-    ``rate_used``: messages counted per policy in its current rate-limit window (a policy
+    ``rate_used``: messages sent per policy in its current rate-limit window (a policy
     absent has used none); None when the counters could not be read.
 
     Upstreams and pairs come from the snapshot and from everything that holds data, so

@@ -6,6 +6,11 @@ minute window starts on a whole minute), one key per policy and window:
 tokens, `names.key_token`). The value says which window it counts, so a reader such as
 ``podpost status`` needs neither the dispatchers' settings nor their clock. Keys are
 written with compare-and-swap only; the bucket's TTL removes old windows.
+
+A window holds two counts. ``used`` is what the limit is enforced on: every token granted,
+including those of a fetch still waiting for mail (a reservation that may come back).
+``sent`` counts only the tokens that found a message, so it is what a reader shows as the
+policy's use: an idle dispatcher's reservation is never reported as mail sent.
 """
 
 from __future__ import annotations
@@ -28,7 +33,12 @@ class RateWindow(msgspec.Struct, frozen=True, kw_only=True):
     maximum: int
     """The policy's limit when the window was last written."""
     used: int = 0
-    """Messages granted in this window, refunds deducted."""
+    """Messages granted in this window, refunds deducted: what the maximum limits. It
+    includes the tokens of fetches that are still waiting for mail."""
+    sent: int = 0
+    """Messages fetched to be sent in this window: the grants that found a message, added
+    as each fetch is settled; never more than ``used``. What ``podpost status`` shows.
+    Written by dispatchers that know it (older ones leave it 0)."""
 
     @property
     def end_ms(self) -> int:

@@ -7,10 +7,11 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import nats.js.errors
 
 from dispatcher import consumers
 from podpost import bus, settings
-from schemas import mail
+from schemas import mail, rates, snapshot
 from tests.support import cli
 from tests.support import dispatching as d
 from tests.support import upstream as upstream_mod
@@ -64,6 +65,52 @@ async def test_status_counts_queued_in_flight_deferred_and_dead(
         await held.ack()
     finally:
         await sub.unsubscribe()
+
+
+async def _window(conn: bus.Conn, policy: str) -> rates.RateWindow | None:
+    """The policy's newest rate window in the RATES bucket, if any."""
+    kv = await bus.rates_kv(conn)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return None
+    mine = sorted((start, key) for key in keys
+                  for pol, start in [rates.parse_window_key(key)] if pol == policy)
+    if not mine:
+        return None
+    entry = await kv.get(mine[-1][1])
+    return rates.window_decoder.decode(entry.value or b"")
+
+
+async def _rate_used(url: str) -> int | None:
+    [row] = (await cli.podpost(url, "status", "--json")).json()["upstreams"]
+    [pol] = row["policies"]
+    used: int | None = pol["ratelimit"]["used"]
+    return used
+
+
+async def test_status_rate_use_counts_sent_mail_not_reserved_tokens(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, upstream: upstream_mod.Upstream
+) -> None:
+    """A dispatcher waiting for a rate-limited policy's mail holds tokens of its window;
+    ``status`` shows the policy has used none of it, and one once one mail went out."""
+    limit = snapshot.RateLimit(maximum=50, period_s=3600.0)
+    web = d.policy_view(POLICY, UP, ratelimit=limit)
+    await d.publish_snapshot(conn, [web], [d.upstream_view(UP, upstream)])
+    # windows of 1000 hours, so none ends while the test runs
+    async with d.dispatcher(d.config(nats_settings, rate_window_scale=1000.0)):
+
+        async def reserved() -> bool:
+            window = await _window(conn, POLICY)
+            return window is not None and window.used > 0
+
+        await d.eventually(reserved)  # the idle worker's fetch holds a token
+        assert await _rate_used(nats_settings.url) == 0
+        await d.queue(conn, d.envelope(web, ["a@example.org"]))
+        await upstream.handler.wait_for(1)
+        assert await _rate_used(nats_settings.url) == 1
+        table = await cli.podpost(nats_settings.url, "status")
+        assert "1/50 per 1h" in table.out, table.out
 
 
 async def test_bad_input_is_one_line_and_a_non_zero_exit(

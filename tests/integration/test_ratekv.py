@@ -160,7 +160,41 @@ async def test_status_reads_each_policys_current_window(conn: bus.Conn) -> None:
     limit = snapshot.RateLimit(maximum=10, period_s=3600.0)
     limiter = ratekv.KvLimiter(await bus.rates_kv(conn), clock=Clock(now_ms))
     assert await limiter.acquire("apps/a", limit, 3) == 3
+    await limiter.refund("apps/a", limit, 0)  # all three fetched
     old = ratekv.KvLimiter(await bus.rates_kv(conn), clock=Clock(now_ms - 7_200_000))
     assert await old.acquire("apps/b", limit, 5) == 5  # two hours ago: not current
+    await old.refund("apps/b", limit, 0)
     used = await inspecting.rate_used(conn, datetime.fromtimestamp(now_ms / 1000, UTC))
     assert used == {"apps/a": 3}
+
+
+async def _sent(conn: bus.Conn, policy: str, start_ms: int) -> int:
+    entry = await (await bus.rates_kv(conn)).get(rates.window_key(policy, start_ms))
+    return rates.window_decoder.decode(entry.value or b"").sent
+
+
+async def test_only_tokens_that_found_mail_count_as_sent(conn: bus.Conn) -> None:
+    """A window's ``sent`` grows by the messages each fetch got, while ``used`` also
+    holds what waiting fetches reserved; status reads ``sent``, so a reservation that
+    finds nothing never shows, and mail that came after its window counts in the new."""
+    limit = snapshot.RateLimit(maximum=10, period_s=60.0)
+    clock = Clock(START_MS + 1_000)
+    limiter = ratekv.KvLimiter(await bus.rates_kv(conn), clock=clock)
+    assert await limiter.acquire(POLICY, limit, 4) == 4  # reserved, fetch still waiting
+    assert (await _used(conn, POLICY, START_MS), await _sent(conn, POLICY, START_MS)) == (4, 0)
+    now = datetime.fromtimestamp(clock.now_ms / 1000, UTC)
+    assert await inspecting.rate_used(conn, now) == {POLICY: 0}
+    await limiter.refund(POLICY, limit, 4)  # nothing came
+    assert (await _used(conn, POLICY, START_MS), await _sent(conn, POLICY, START_MS)) == (0, 0)
+    assert await limiter.acquire(POLICY, limit, 4) == 4
+    await limiter.refund(POLICY, limit, 1)  # three came
+    assert (await _used(conn, POLICY, START_MS), await _sent(conn, POLICY, START_MS)) == (3, 3)
+    assert await limiter.acquire(POLICY, limit, 2) == 2
+    await limiter.refund(POLICY, limit, -1)  # three came for two tokens
+    assert (await _used(conn, POLICY, START_MS), await _sent(conn, POLICY, START_MS)) == (6, 6)
+    assert await limiter.acquire(POLICY, limit, 1) == 1
+    clock.now_ms = START_MS + 61_000
+    await limiter.refund(POLICY, limit, 0)  # it came after the window ended
+    assert (await _used(conn, POLICY, START_MS), await _sent(conn, POLICY, START_MS)) == (7, 6)
+    nxt = START_MS + 60_000
+    assert (await _used(conn, POLICY, nxt), await _sent(conn, POLICY, nxt)) == (1, 1)

@@ -106,6 +106,18 @@ def test_settle_table(now: int, tokens: int, unused: int, expected: tuple[int, i
     assert limiting.settle(1_000, tokens, unused, now, 1_000) == expected
 
 
+@pytest.mark.parametrize(("tokens", "unused", "sent"), [
+    (4, 4, 0),  # the fetch found nothing: a reservation, not mail
+    (4, 1, 3),
+    (4, 0, 4),
+    (2, -1, 3),  # more arrived than granted: all of it is mail
+    (0, 0, 0),
+])
+def test_arrived_table(tokens: int, unused: int, sent: int) -> None:
+    """What a settled fetch adds to its window's ``sent``: the messages it got."""
+    assert limiting.arrived(tokens, unused) == sent
+
+
 @given(start_index=st.integers(min_value=0, max_value=10**6), period=periods,
        later=st.integers(min_value=0, max_value=10**9),
        tokens=st.integers(min_value=0, max_value=100), arrived=st.integers(0, 200))
