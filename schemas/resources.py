@@ -41,12 +41,17 @@ class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
             Literal["plain", "ssl", "starttls"],
             Meta(
                 description="plain: no TLS; ssl: implicit TLS; starttls: upgrade after EHLO. "
-                "When unset, the deprecated `tls` decides (true: starttls)."
+                "When unset, the deprecated `tls` decides, as in kube-mail: unset or true "
+                "is ssl, false is plain."
             ),
         ]
         | None
     ) = None
-    tls: Annotated[bool, Meta(description="Deprecated: use `connect`.")] | None = None
+    tls: Annotated[
+        bool,
+        Meta(description="Deprecated: use `connect`. Used only when `connect` is unset: "
+             "unset or true is implicit TLS (ssl), false is plain."),
+    ] | None = None
     auth_type: Annotated[
         Literal["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1"],
         Meta(description="SASL mechanism used with the policy's credentials."),
@@ -67,10 +72,12 @@ class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
 
 
 def connect_mode(spec: SMTPServerSpec) -> Literal["plain", "ssl", "starttls"]:
-    """``connect`` wins; otherwise kube-mail's ``tls: true`` meant STARTTLS."""
+    """``connect`` wins; otherwise kube-mail's rule (src/policy/kubernetes.ts): ``tls``
+    unset or true is implicit TLS, ``tls: false`` is plain. So a server written with
+    neither gets TLS, never a login sent in the clear."""
     if spec.connect is not None:
         return spec.connect
-    return "starttls" if spec.tls else "plain"
+    return "plain" if spec.tls is False else "ssl"
 
 
 # --- EmailPolicy ------------------------------------------------------------------------

@@ -206,10 +206,27 @@ def test_smtp_policy_resolves_upstream_and_credentials() -> None:
     assert condition(result, "SMTPServer:app/relay").status == "True"
 
 
-def test_server_defaults_and_deprecated_tls() -> None:
-    """Port defaults to 587; the deprecated tls: true means STARTTLS."""
-    view = build(servers=[server(tls=True)]).snapshot.upstreams["app/relay"]
-    assert (view.port, view.connect) == (587, "starttls")
+def test_server_port_defaults_to_587() -> None:
+    """Port defaults to 587, as in kube-mail."""
+    view = build(servers=[server(connect="plain")]).snapshot.upstreams["app/relay"]
+    assert view.port == 587
+
+
+@pytest.mark.parametrize(("spec", "mode"), [
+    ({}, "ssl"),
+    ({"tls": True}, "ssl"),
+    ({"tls": False}, "plain"),
+    ({"connect": "starttls", "tls": True}, "starttls"),
+    ({"connect": "plain", "tls": True}, "plain"),
+    ({"connect": "ssl", "tls": False}, "ssl"),
+])
+def test_deprecated_tls_means_what_it_means_in_kube_mail(
+    spec: dict[str, Any], mode: str
+) -> None:
+    """Without `connect`, `tls` unset or true is implicit TLS and false is plain
+    (kube-mail's src/policy/kubernetes.ts); `connect` always wins."""
+    view = build(servers=[server(**spec)]).snapshot.upstreams["app/relay"]
+    assert view.connect == mode
 
 
 def test_server_in_another_namespace_is_allowed() -> None:

@@ -149,6 +149,14 @@ def test_kube_mail_example_validates(doc: dict[str, Any]) -> None:
     msgspec.convert(doc, KINDS[doc["kind"]])
 
 
+def test_kube_mail_example_servers_connect_as_in_kube_mail() -> None:
+    """The README's `port: 465, tls: true` is implicit TLS, MailHog's `tls: false` plain."""
+    modes = {doc["metadata"]["name"]: resources.connect_mode(
+        msgspec.convert(doc, resources.SMTPServer).spec)
+        for doc in _examples() if doc["kind"] == "SMTPServer"}
+    assert modes == {"default": "ssl", "mailhog": "plain", "mailtrap": "starttls"}
+
+
 def test_examples_cover_both_kinds() -> None:
     """The example set holds several SMTPServers and EmailPolicies (so the test above bites)."""
     kinds = [doc["kind"] for doc in _examples()]
