@@ -96,7 +96,11 @@ class LabelSelector(_Spec, frozen=True, kw_only=True):
 
 class RateLimiting(_Spec, frozen=True, kw_only=True):
     maximum: Annotated[int, Meta(ge=0, description="Messages allowed per period, per policy.")]
-    period: Literal["hour", "minute"] = "hour"
+    period: Annotated[
+        Literal["hour", "minute"],
+        Meta(description="The window the maximum applies to; minute when unset, as in "
+             "kube-mail."),
+    ] = "minute"
 
 
 class ObjectRef(_Spec, frozen=True, kw_only=True):

@@ -336,10 +336,11 @@ def test_policy_extras_reach_the_view() -> None:
         1024, ["a@example.com", "@example.org"])
 
 
-def test_ratelimit_period_defaults_to_an_hour() -> None:
-    """kube-mail's period defaults to hour."""
+def test_ratelimit_period_defaults_to_a_minute() -> None:
+    """A ratelimiting without period counts per minute, as kube-mail's
+    `period || "minute"` (src/policy/kubernetes.ts)."""
     view = build(policies=[policy("web", ratelimiting={"maximum": 5})]).snapshot.policies
-    assert view["app/web"].ratelimit == snapshot.RateLimit(maximum=5, period_s=3600.0)
+    assert view["app/web"].ratelimit == snapshot.RateLimit(maximum=5, period_s=60.0)
 
 
 def test_partial_retry_overrides_only_what_it_sets() -> None:

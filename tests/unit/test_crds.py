@@ -129,6 +129,12 @@ def test_kube_mail_names_are_kept() -> None:
     }
 
 
+def test_ratelimiting_period_defaults_to_minute_in_the_crd() -> None:
+    """The API server stores an unset period as minute, kube-mail's `period || "minute"`."""
+    spec = _schema("EmailPolicy")["properties"]["spec"]["properties"]
+    assert spec["ratelimiting"]["properties"]["period"]["default"] == "minute"
+
+
 def test_descriptions_are_kept() -> None:
     """Field descriptions from the Structs reach the CRD (kubectl explain shows them)."""
     spec = _schema("SMTPServer")["properties"]["spec"]["properties"]

@@ -150,3 +150,10 @@ def test_dev_file_routes_localhost_to_the_catcher() -> None:
     networks = {r.network: result.snapshot.policies[r.policy].upstream
                 for r in result.snapshot.routes}
     assert networks == {"127.0.0.0/8": "_/catcher", "::1/128": "_/catcher"}
+
+
+def test_ratelimiting_without_period_counts_per_minute() -> None:
+    """A file policy's `ratelimiting: {maximum: 5}` is 5 a minute, as in kube-mail."""
+    inputs = parse(STATIC, POLICY.replace("sink:", "ratelimiting: {maximum: 5}\n  sink:"))
+    view = building.build(inputs, now=NOW, source="file").snapshot.policies["dev/app"]
+    assert view.ratelimit is not None and view.ratelimit.period_s == 60.0
