@@ -33,6 +33,23 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_un
 # --- SMTPServer -------------------------------------------------------------------------
 
 
+class KeyRef(_Spec, frozen=True, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, description="The object's name, in the "
+                              "SMTPServer's namespace.")]
+    key: Annotated[str, Meta(min_length=1, description="The data key holding the PEM; "
+                             "ca.crt by default.")] = "ca.crt"
+
+
+class CASource(_Spec, frozen=True, kw_only=True):
+    """podpost: a private CA (PEM bundle) the dispatcher trusts for this upstream, besides
+    the system's CAs: exactly one of configMapKeyRef or secretKeyRef, in the SMTPServer's
+    namespace."""
+
+    config_map_key_ref: KeyRef | None = None
+    secret_key_ref: KeyRef | None = None
+
+
+
 class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
     server: Annotated[str, Meta(min_length=1, description="Host name or address of the upstream.")]
     port: Annotated[int, Meta(ge=1, le=65535, description="TCP port; 587 by default.")] = 587
@@ -69,6 +86,7 @@ class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
         Annotated[float, Meta(gt=0, le=600, description="podpost: per SMTP command deadline.")]
         | None
     ) = None
+    tls_ca: CASource | None = msgspec.field(default=None, name="tlsCA")
 
 
 def connect_mode(spec: SMTPServerSpec) -> Literal["plain", "ssl", "starttls"]:
@@ -210,6 +228,15 @@ class Secret(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     type: str = "Opaque"
     data: dict[str, str] = {}
     string_data: dict[str, str] = {}
+
+
+class ConfigMap(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A v1 ConfigMap; podpost reads a CA bundle from its ``data``."""
+
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["ConfigMap"] = "ConfigMap"
+    metadata: Metadata
+    data: dict[str, str] = {}
 
 
 # --- status -----------------------------------------------------------------------------

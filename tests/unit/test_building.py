@@ -434,3 +434,62 @@ def test_ten_thousand_pods_and_a_thousand_policies_build_fast() -> None:
         best = min(best, time.perf_counter() - started)
     assert len(result.snapshot.routes) == 10_000
     assert best < 0.2, f"build took {best * 1000:.0f} ms"
+
+
+# --- an upstream's own CA (spec.tlsCA) ----------------------------------------------------
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def config_map(name: str = "company-ca", namespace: str = "app",
+               data: dict[str, str] | None = None) -> resources.ConfigMap:
+    return msgspec.convert(
+        {"metadata": {"name": name, "namespace": namespace},
+         "data": {"ca.crt": PEM} if data is None else data},
+        resources.ConfigMap)
+
+
+def test_a_config_map_ca_goes_to_the_credentials_bucket_not_the_snapshot() -> None:
+    """tlsCA's PEM becomes one `ca.<hash>` key the upstream names; the snapshot holds
+    only the key."""
+    result = build(servers=[server(connect="ssl",
+                                   tlsCA={"configMapKeyRef": {"name": "company-ca"}})],
+                   config_maps=[config_map()], policies=[policy("web", sink=smtp_sink())])
+    view = result.snapshot.upstreams["app/relay"]
+    assert view.tls_ca == building.ca_key(PEM) and view.tls_ca.startswith("ca.")
+    assert result.cas == {view.tls_ca: snapshot.TrustedCA(pem=PEM)}
+    assert PEM.encode() not in snapshot.encode_snapshot(result.snapshot)
+    assert "app/web" in result.snapshot.policies
+
+
+def test_a_secret_ca_is_read_from_its_key_base64_decoded() -> None:
+    """secretKeyRef reads `data[key]` (base64) of a Secret in the server's namespace."""
+    encoded = base64.b64encode(PEM.encode()).decode()
+    result = build(servers=[server(tlsCA={"secretKeyRef": {"name": "tls", "key": "ca.pem"}})],
+                   secrets=[secret("tls", data={"ca.pem": encoded})])
+    assert result.cas == {building.ca_key(PEM): snapshot.TrustedCA(pem=PEM)}
+
+
+@pytest.mark.parametrize(("tls_ca", "config_maps", "reason"), [
+    ({"configMapKeyRef": {"name": "company-ca"}}, [], "CANotFound"),
+    ({"configMapKeyRef": {"name": "company-ca", "key": "other"}}, [config_map()],
+     "CANotFound"),
+    ({"configMapKeyRef": {"name": "company-ca"}}, [config_map(namespace="elsewhere")],
+     "CANotFound"),
+    ({"configMapKeyRef": {"name": "company-ca"}}, [config_map(data={"ca.crt": "junk"})],
+     "InvalidCA"),
+    ({}, [], "InvalidCA"),
+    ({"configMapKeyRef": {"name": "a"}, "secretKeyRef": {"name": "b"}}, [], "InvalidCA"),
+])
+def test_an_unreadable_ca_makes_the_server_and_its_policies_not_ready(
+    tls_ca: dict[str, Any], config_maps: list[resources.ConfigMap], reason: str
+) -> None:
+    """A missing, foreign-namespace or non-PEM CA: the server is not Ready and left out,
+    and so is every policy using it (nothing is relayed, as with a missing Secret)."""
+    result = build(servers=[server(tlsCA=tls_ca)], config_maps=config_maps,
+                   policies=[policy("web", sink=smtp_sink())])
+    assert condition(result, "SMTPServer:app/relay").reason == reason
+    assert condition(result, "SMTPServer:app/relay").status == "False"
+    assert condition(result, "EmailPolicy:app/web").reason == "ServerNotReady"
+    assert result.snapshot.upstreams == {} and result.snapshot.policies == {}
+    assert result.cas == {}

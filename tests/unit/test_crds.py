@@ -182,6 +182,13 @@ SINK = {"smtp": {"server": {"name": "s"}}}
         ({**SERVER, "spec": {"server": "smtp.example"}}, True),
         ({**SERVER, "spec": {"server": "smtp.example", "connect": "ssl", "port": 465}}, True),
         ({**SERVER, "spec": {"server": "smtp.example", "timeoutSeconds": 0.5}}, True),
+        ({**SERVER, "spec": {"server": "x", "tlsCA": {"configMapKeyRef": {"name": "ca"}}}},
+         True),
+        ({**SERVER, "spec": {"server": "x", "tlsCA": {"secretKeyRef": {"name": "t",
+                                                                       "key": "ca.pem"}}}},
+         True),
+        ({**SERVER, "spec": {"server": "x", "tlsCA": {"configMapKeyRef": {"key": "k"}}}},
+         False),
         ({**SERVER, "spec": {}}, False),
         ({**SERVER, "spec": {"server": ""}}, False),
         ({**SERVER, "spec": {"server": "x", "port": 0}}, False),
@@ -226,6 +233,11 @@ _specs = st.builds(
     auth_type=st.sampled_from(["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1"]),
     max_connections=st.none() | st.integers(1, 1000),
     timeout_seconds=st.none() | st.floats(0.001, 600),
+    tls_ca=st.none() | st.builds(
+        resources.CASource,
+        config_map_key_ref=st.none() | st.builds(resources.KeyRef, name=_label, key=_label),
+        secret_key_ref=st.none() | st.builds(resources.KeyRef, name=_label),
+    ),
 )
 _selectors = st.builds(
     resources.LabelSelector,

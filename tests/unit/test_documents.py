@@ -93,7 +93,7 @@ def test_empty_documents_are_skipped() -> None:
      "at spec.cidrs[2]"),
     ((POLICY, STATIC.replace("kind: StaticSource", "kind: Pod")),
      "policies.yaml: document 2 (Pod dev/local): unknown kind 'Pod'; expected one of "
-     "EmailPolicy, SMTPServer, Secret, StaticSource"),
+     "ConfigMap, EmailPolicy, SMTPServer, Secret, StaticSource"),
     ((POLICY.replace("v1alpha1", "v1"),),
      'policies.yaml: document 1 (EmailPolicy dev/app): EmailPolicy needs apiVersion '
      '"kube-mail.helmich.me/v1alpha1"'),
