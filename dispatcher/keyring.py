@@ -4,12 +4,14 @@ Upstream logins live in their own KV bucket (only the reconciler writes it, only
 dispatchers read it) and never in the snapshot, logs or events. Reading the bucket for
 every mail would add a round trip per delivery, so logins are cached for as long as the
 bucket's last revision has not moved; that is checked at most once per ``check_every_s``,
-so a rotated password reaches the dispatcher within that.
+so a rotated password reaches the dispatcher within that. The same bucket carries the
+upstreams' CA bundles (``ca.<hash>`` keys, `snapshot.TrustedCA`), read the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
 
 import msgspec
 import nats.js.errors
@@ -22,6 +24,8 @@ log = structlog.get_logger("dispatcher.keyring")
 
 KV_TIMEOUT_S = 5.0
 
+_V = TypeVar("_V", snapshot.Credentials, snapshot.TrustedCA)
+
 
 class Keyring:
     def __init__(self, kv: KeyValue, *, check_every_s: float = 1.0) -> None:
@@ -29,7 +33,7 @@ class Keyring:
         self._check_every_s = check_every_s
         self._revision = -1
         self._checked_at = float("-inf")
-        self._cache: dict[str, snapshot.Credentials | None] = {}
+        self._cache: dict[str, snapshot.Credentials | snapshot.TrustedCA | None] = {}
 
     async def _revalidate(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -46,19 +50,29 @@ class Keyring:
     async def get(self, key: str) -> snapshot.Credentials | None:
         """The login stored under ``key``; None when there is none (yet) or it is
         unreadable. Broker trouble raises (nats errors, TimeoutError)."""
+        return await self._read(key, snapshot.credentials_decoder, snapshot.Credentials)
+
+    async def ca(self, key: str) -> snapshot.TrustedCA | None:
+        """The CA bundle stored under ``key``, like `get`."""
+        return await self._read(key, snapshot.trusted_ca_decoder, snapshot.TrustedCA)
+
+    async def _read(
+        self, key: str, decoder: msgspec.json.Decoder[_V], tp: type[_V]
+    ) -> _V | None:
         await self._revalidate()
         if key in self._cache:
-            return self._cache[key]
+            cached = self._cache[key]
+            return cached if isinstance(cached, tp) else None
         try:
             async with asyncio.timeout(KV_TIMEOUT_S):
                 entry = await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None  # not cached: the reconciler may be about to write it
-        login: snapshot.Credentials | None = None
+        value: _V | None = None
         if entry.value is not None:
             try:
-                login = snapshot.credentials_decoder.decode(entry.value)
+                value = decoder.decode(entry.value)
             except msgspec.DecodeError:
                 log.error("dispatcher.credentials_invalid", key=key)
-        self._cache[key] = login
-        return login
+        self._cache[key] = value
+        return value

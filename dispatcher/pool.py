@@ -47,14 +47,18 @@ from schemas import snapshot
 
 log = structlog.get_logger("dispatcher.pool")
 
-_Identity = tuple[str, int, str, str, str]
-"""(host, port, connect, authType, login hash): what an open session is bound to."""
+_Identity = tuple[str, int, str, str, str, str]
+"""(host, port, connect, authType, CA key, login hash): what an open session is bound to."""
+
+MAX_CA_CONTEXTS = 64
+"""Bound on cached per-CA TLS contexts (a rotated bundle gets a new key; old ones go)."""
 
 
 def _identity(upstream: snapshot.UpstreamView, creds: snapshot.Credentials | None) -> _Identity:
     login = "" if creds is None else hashlib.sha256(
         f"{creds.username}\0{creds.password}".encode()).hexdigest()
-    return upstream.host, upstream.port, upstream.connect, upstream.auth_type.upper(), login
+    return (upstream.host, upstream.port, upstream.connect, upstream.auth_type.upper(),
+            upstream.tls_ca or "", login)
 
 
 def _take(
@@ -91,6 +95,7 @@ class Pool:
     ) -> None:
         self._cfg = cfg
         self._tls = tls if tls is not None else sending.tls_context(cfg)
+        self._ca_contexts: dict[str, ssl.SSLContext] = {}
         self._hostname = local_hostname
         self._upstreams: dict[str, _Upstream] = {}
         self._closed = False
@@ -116,18 +121,22 @@ class Pool:
         mail_from: str,
         rcpts: Sequence[str],
         data: bytes,
+        *,
+        ca: snapshot.TrustedCA | None = None,
     ) -> Outcome:
-        """Send one mail to ``upstream`` over a pooled session logged in with ``creds``."""
+        """Send one mail to ``upstream`` over a pooled session logged in with ``creds``;
+        ``ca`` is the bundle ``upstream.tls_ca`` names, trusted besides the system's."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         state = self._state(upstream)
         async with state.slots:
-            result = await self._deliver(state, upstream, creds, mail_from, rcpts, data)
+            result = await self._deliver(state, upstream, creds, mail_from, rcpts, data, ca)
         return msgspec.structs.replace(result, elapsed_s=loop.time() - started)
 
     async def _deliver(
         self, state: _Upstream, upstream: snapshot.UpstreamView,
         creds: snapshot.Credentials | None, mail_from: str, rcpts: Sequence[str], data: bytes,
+        ca: snapshot.TrustedCA | None,
     ) -> Outcome:
         timeout_s = upstream.timeout_s or self._cfg.smtp_timeout_s
         ident = _identity(upstream, creds)
@@ -136,7 +145,7 @@ class Pool:
             conn = await self._checkout(state, ident, reuse=attempt == 0)
             reused = conn is not None
             if conn is None:
-                opened = await self._open(state, upstream, creds, timeout_s)
+                opened = await self._open(state, upstream, creds, timeout_s, ca)
                 if isinstance(opened, Outcome):
                     return opened
                 conn = opened
@@ -171,7 +180,7 @@ class Pool:
         now = asyncio.get_running_loop().time()
         drop = [(conn, "idle") for conn in self._expire(state, now)]
         drop += [(conn, "moved") for conn in
-                 _take(state, lambda i, _: i[:4] != ident[:4])]  # the snapshot moved it
+                 _take(state, lambda i, _: i[:5] != ident[:5])]  # the snapshot moved it
         found: sending.Connection | None = None
         for index in range(len(state.idle) - 1, -1, -1):
             if reuse and state.idle[index][0] == ident:
@@ -194,15 +203,35 @@ class Pool:
                     self._checkin(state, ident, found, reusable=True)
         return found
 
+    def _context(
+        self, upstream: snapshot.UpstreamView, ca: snapshot.TrustedCA | None
+    ) -> ssl.SSLContext:
+        """The TLS context for ``upstream``: the shared one, or one that also trusts the
+        upstream's own CA bundle, built once per bundle. Raises ssl.SSLError for a bad one."""
+        if upstream.tls_ca is None or ca is None:
+            return self._tls
+        context = self._ca_contexts.get(upstream.tls_ca)
+        if context is None:
+            context = sending.tls_context(self._cfg, cadata=ca.pem)
+            if len(self._ca_contexts) >= MAX_CA_CONTEXTS:
+                self._ca_contexts.clear()
+            self._ca_contexts[upstream.tls_ca] = context
+        return context
+
     async def _open(
         self, state: _Upstream, upstream: snapshot.UpstreamView,
-        creds: snapshot.Credentials | None, timeout_s: float,
+        creds: snapshot.Credentials | None, timeout_s: float, ca: snapshot.TrustedCA | None,
     ) -> sending.Connection | Outcome:
         """Connect for a slot `_checkout` counted; gives the count back on failure."""
         opened: sending.Connection | Outcome | None = None
         try:
+            try:
+                tls = self._context(upstream, ca)
+            except ssl.SSLError as exc:
+                opened = Outcome(failure="tls", reply=f"tlsCA {upstream.tls_ca}: {exc}")
+                return opened
             opened = await sending.connect(
-                upstream, creds, tls=self._tls, timeout_s=timeout_s,
+                upstream, creds, tls=tls, timeout_s=timeout_s,
                 local_hostname=await self._local_hostname(),
             )
         finally:

@@ -77,13 +77,17 @@ class Connection:
         return self.smtp.is_connected
 
 
-def tls_context(cfg: settings.DispatcherSettings) -> ssl.SSLContext:
-    """The client TLS context for every upstream: the system's CAs plus
-    ``cfg.tls_ca_file``; no verification at all only when ``cfg.tls_verify`` is off.
-    Reads files, so build it once (the pool does)."""
+def tls_context(
+    cfg: settings.DispatcherSettings, *, cadata: str | None = None
+) -> ssl.SSLContext:
+    """The client TLS context: the system's CAs plus ``cfg.tls_ca_file`` plus ``cadata``
+    (an upstream's own ``tlsCA`` bundle, PEM); no verification at all only when
+    ``cfg.tls_verify`` is off. Reads files, so build it once (the pool does, per bundle)."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if cfg.tls_ca_file:
         context.load_verify_locations(cafile=cfg.tls_ca_file)
+    if cadata:
+        context.load_verify_locations(cadata=cadata)
     if not cfg.tls_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -61,7 +61,8 @@ class Deliverer(Protocol):
 
     async def deliver(
         self, upstream: snapshot.UpstreamView, creds: snapshot.Credentials | None,
-        mail_from: str, rcpts: Sequence[str], data: bytes,
+        mail_from: str, rcpts: Sequence[str], data: bytes, *,
+        ca: snapshot.TrustedCA | None = None,
     ) -> outcome_mod.Outcome: ...
 
 
@@ -341,6 +342,13 @@ async def _attempt(
             return classify.hold(rcpts, age_s=backoff.age_s(env.received_at, _now()),
                                  policy=retry, delay_s=UNKNOWN_DELAY_S,
                                  reason="login not in the credentials bucket")
+    ca: snapshot.TrustedCA | None = None
+    if up.tls_ca:
+        ca = await shared.keyring.ca(up.tls_ca)
+        if ca is None:
+            return classify.hold(rcpts, age_s=backoff.age_s(env.received_at, _now()),
+                                 policy=retry, delay_s=UNKNOWN_DELAY_S,
+                                 reason="the upstream's tlsCA is not in the credentials bucket")
     data = await _body(shared, env)
     if data is None:
         missing = outcome_mod.Outcome(failure="body", reply="the body object is missing")
@@ -351,7 +359,7 @@ async def _attempt(
     await eventing.emit(shared.stores.conn, events.Attempted(
         mail_id=env.id, at=_now(), policy=item.policy, upstream=item.upstream,
         attempt=attempt, rcpt_count=len(rcpts)))
-    result = await shared.pool.deliver(up, creds, env.mail_from, rcpts, data)
+    result = await shared.pool.deliver(up, creds, env.mail_from, rcpts, data, ca=ca)
     return classify.classify(result, rcpts, attempt=attempt, policy=retry,
                              age_s=backoff.age_s(env.received_at, _now()))
 

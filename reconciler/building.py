@@ -11,6 +11,11 @@ Rules (DESIGN.md "Resources"):
 - A Secret in another namespace is used only when its annotation
   ``podpost.dev/allowed-namespaces`` lists the policy's namespace (comma-separated, ``*``
   for any). Each referenced Secret becomes one CREDENTIALS key; the snapshot only names it.
+- An SMTPServer's ``tlsCA`` (a ConfigMap or Secret key of its own namespace, holding PEM)
+  becomes one CREDENTIALS key named by the bundle's hash (``ca.<hash>``), not part of the
+  snapshot every ingress reads: a bundle may be large. The upstream names the key, so a
+  changed bundle changes the snapshot. A server whose CA cannot be read is not Ready, nor
+  are the policies that use it (as with a missing Secret: nothing relayed).
 - A policy selects endpoints of its own namespace only. Default policies are fallbacks:
   they are candidates only for endpoints that no non-default policy selects (and their own
   selector, usually empty, must still match).
@@ -61,11 +66,13 @@ class Inputs(msgspec.Struct, frozen=True, kw_only=True):
     servers: list[resources.SMTPServer] = []
     policies: list[resources.EmailPolicy] = []
     secrets: list[resources.Secret] = []
+    config_maps: list[resources.ConfigMap] = []
     endpoints: list[Endpoint] = []
 
 
 _Snapshot = snapshot.PolicySnapshot
 _Credentials = snapshot.Credentials
+_TrustedCA = snapshot.TrustedCA
 """Aliases: inside `Build` the field ``snapshot`` shadows the module."""
 
 
@@ -75,6 +82,8 @@ class Build(msgspec.Struct, frozen=True, kw_only=True):
     """CREDENTIALS bucket key -> login. Never logged, never in the snapshot."""
     conditions: dict[str, list[resources.Condition]]
     """``EmailPolicy:<ns>/<name>`` or ``SMTPServer:<ns>/<name>`` -> status conditions."""
+    cas: dict[str, _TrustedCA] = {}
+    """CREDENTIALS bucket key (``ca.<hash>``) -> an upstream's CA bundle."""
 
 
 def object_key(kind: str, key: str) -> str:
@@ -111,7 +120,9 @@ def _not_ready(reason: str, message: str) -> resources.Condition:
 # --- upstreams ----------------------------------------------------------------------------
 
 
-def upstream_view(server: resources.SMTPServer) -> snapshot.UpstreamView:
+def upstream_view(
+    server: resources.SMTPServer, tls_ca: str | None = None
+) -> snapshot.UpstreamView:
     spec = server.spec
     return snapshot.UpstreamView(
         key=resource_key(server.metadata),
@@ -121,7 +132,48 @@ def upstream_view(server: resources.SMTPServer) -> snapshot.UpstreamView:
         auth_type=spec.auth_type,
         max_connections=spec.max_connections,
         timeout_s=spec.timeout_seconds,
+        tls_ca=tls_ca,
     )
+
+
+def ca_key(pem: str) -> str:
+    """The CREDENTIALS key of a CA bundle: its hash. A login's key never holds a dot."""
+    return "ca." + hashlib.sha256(pem.encode()).hexdigest()[:32]
+
+
+def _server_ca(
+    server: resources.SMTPServer,
+    secrets: dict[str, resources.Secret],
+    config_maps: dict[str, resources.ConfigMap],
+) -> tuple[str, snapshot.TrustedCA] | None:
+    """The server's ``tlsCA`` bundle and its key; `_Unresolved` when it cannot be read."""
+    source = server.spec.tls_ca
+    if source is None:
+        return None
+    cm_ref, secret_ref = source.config_map_key_ref, source.secret_key_ref
+    if (cm_ref is None) == (secret_ref is None):
+        raise _Unresolved("InvalidCA", "spec.tlsCA needs exactly one of configMapKeyRef "
+                          "or secretKeyRef")
+    namespace = server.metadata.namespace
+    pem: str | None
+    if cm_ref is not None:
+        where = f"ConfigMap {namespace}/{cm_ref.name}"
+        config_map = config_maps.get(f"{namespace}/{cm_ref.name}")
+        if config_map is None:
+            raise _Unresolved("CANotFound", f"{where} not found")
+        pem, key = config_map.data.get(cm_ref.key), cm_ref.key
+    else:
+        assert secret_ref is not None
+        where = f"Secret {namespace}/{secret_ref.name}"
+        secret = secrets.get(f"{namespace}/{secret_ref.name}")
+        if secret is None:
+            raise _Unresolved("CANotFound", f"{where} not found")
+        pem, key = _secret_value(secret, secret_ref.key), secret_ref.key
+    if pem is None:
+        raise _Unresolved("CANotFound", f"{where} has no key {key!r}")
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise _Unresolved("InvalidCA", f"{where}: {key!r} holds no PEM certificate")
+    return ca_key(pem), snapshot.TrustedCA(pem=pem)
 
 
 # --- credentials --------------------------------------------------------------------------
@@ -213,6 +265,7 @@ def _resolve(
     policy: resources.EmailPolicy,
     servers: dict[str, resources.SMTPServer],
     secrets: dict[str, resources.Secret],
+    broken: dict[str, _Unresolved],
 ) -> _Resolved:
     key = resource_key(policy.metadata)
     spec = policy.spec
@@ -224,6 +277,9 @@ def _resolve(
         upstream = f"{smtp.server.namespace or policy.metadata.namespace}/{smtp.server.name}"
         if upstream not in servers:
             raise _Unresolved("ServerNotFound", f"SMTPServer {upstream} not found")
+        if upstream in broken:
+            raise _Unresolved("ServerNotReady", f"SMTPServer {upstream} is not Ready: "
+                              f"{broken[upstream].message}")
         if smtp.credentials is not None:
             login = _credentials(policy, smtp.credentials, secrets)
     else:
@@ -371,7 +427,8 @@ def digest(snap: snapshot.PolicySnapshot) -> str:
     return hashlib.sha256(_digest_encoder.encode(content)).hexdigest()
 
 
-_Keyed = TypeVar("_Keyed", resources.SMTPServer, resources.Secret, resources.EmailPolicy)
+_Keyed = TypeVar("_Keyed", resources.SMTPServer, resources.Secret, resources.EmailPolicy,
+                 resources.ConfigMap)
 
 
 def _by_key(items: list[_Keyed]) -> dict[str, _Keyed]:
@@ -384,13 +441,27 @@ def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
     servers = _by_key(inputs.servers)
     secrets = _by_key(inputs.secrets)
     policies = _by_key(inputs.policies)
+    config_maps = _by_key(inputs.config_maps)
     conditions: dict[str, list[resources.Condition]] = {}
+
+    upstreams: dict[str, snapshot.UpstreamView] = {}
+    cas: dict[str, snapshot.TrustedCA] = {}
+    broken: dict[str, _Unresolved] = {}
+    for key, server in servers.items():
+        try:
+            ca = _server_ca(server, secrets, config_maps)
+        except _Unresolved as exc:
+            broken[key] = exc
+            continue
+        if ca is not None:
+            cas[ca[0]] = ca[1]
+        upstreams[key] = upstream_view(server, None if ca is None else ca[0])
 
     resolved: dict[str, _Resolved] = {}
     credentials: dict[str, snapshot.Credentials] = {}
     for key, policy in policies.items():
         try:
-            item = _resolve(policy, servers, secrets)
+            item = _resolve(policy, servers, secrets, broken)
         except _Unresolved as exc:
             conditions[object_key("EmailPolicy", key)] = [
                 resources.Condition(type="Conflict", status="False", reason="NotReady",
@@ -420,6 +491,10 @@ def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
     for item in resolved.values():
         users[item.view.upstream].append(item.view.key)
     for key in servers:
+        if key in broken:
+            conditions[object_key("SMTPServer", key)] = [
+                _not_ready(broken[key].reason, broken[key].message)]
+            continue
         used = users.get(key, [])
         conditions[object_key("SMTPServer", key)] = [_ready(
             "Resolved",
@@ -429,7 +504,7 @@ def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
     snap = snapshot.PolicySnapshot(
         generated_at=now,
         policies={key: item.view for key, item in resolved.items()},
-        upstreams={key: upstream_view(server) for key, server in servers.items()},
+        upstreams=upstreams,
         routes=routes,
         source=source,
     )
@@ -438,5 +513,6 @@ def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
         snapshot=snap,
         credentials=dict(sorted(credentials.items())),
         conditions=dict(sorted(conditions.items())),
+        cas=dict(sorted(cas.items())),
     )
 

@@ -1,12 +1,13 @@
 """The file source's YAML: text in, builder `Inputs` out, or one error a person can act on.
 
 The file holds the same documents as a cluster (``SMTPServer``, ``EmailPolicy``, v1
-``Secret``) plus ``StaticSource`` documents standing in for pods (DESIGN.md "The file
-source format"). Each document is decoded into the Structs of `schemas.resources`, which
-refuse unknown fields, so a typo is an error. An error names the file, the document (its
-number, kind and name) and the field: ``policies.yaml: document 3 (EmailPolicy dev/app):
-unknown field "podSelectr" at spec``. Messages never quote a Secret's values nor a YAML
-line, so a password cannot reach a log through an error. Pure: no I/O.
+``Secret`` and ``ConfigMap``) plus ``StaticSource`` documents standing in for pods
+(DESIGN.md "The file source format"). Each document is decoded into the Structs of
+`schemas.resources`, which refuse unknown fields, so a typo is an error. An error names
+the file, the document (its number, kind and name) and the field: ``policies.yaml:
+document 3 (EmailPolicy dev/app): unknown field "podSelectr" at spec``. Messages never
+quote a Secret's values nor a YAML line, so a password cannot reach a log through an
+error. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ KINDS: dict[str, tuple[str, type[Any]]] = {
     "SMTPServer": (resources.API_VERSION, resources.SMTPServer),
     "EmailPolicy": (resources.API_VERSION, resources.EmailPolicy),
     "Secret": ("v1", resources.Secret),
+    "ConfigMap": ("v1", resources.ConfigMap),
     "StaticSource": (resources.STATIC_API_VERSION, resources.StaticSource),
 }
 
@@ -136,6 +138,7 @@ def parse(text: str, *, path: str) -> building.Inputs:
     servers: list[resources.SMTPServer] = []
     policies: list[resources.EmailPolicy] = []
     secrets: list[resources.Secret] = []
+    config_maps: list[resources.ConfigMap] = []
     endpoints: list[building.Endpoint] = []
     seen: dict[tuple[str, str], int] = {}
     claimed: dict[str, int] = {}
@@ -155,12 +158,14 @@ def parse(text: str, *, path: str) -> building.Inputs:
             endpoints.append(decoded)
         else:
             assert isinstance(decoded, resources.SMTPServer | resources.EmailPolicy
-                              | resources.Secret)
+                              | resources.Secret | resources.ConfigMap)
             identity = (decoded.kind, building.resource_key(decoded.metadata))
             if isinstance(decoded, resources.SMTPServer):
                 servers.append(decoded)
             elif isinstance(decoded, resources.EmailPolicy):
                 policies.append(decoded)
+            elif isinstance(decoded, resources.ConfigMap):
+                config_maps.append(decoded)
             else:
                 secrets.append(decoded)
         if identity in seen:
@@ -170,4 +175,4 @@ def parse(text: str, *, path: str) -> building.Inputs:
             )
         seen[identity] = index
     return building.Inputs(servers=servers, policies=policies, secrets=secrets,
-                           endpoints=endpoints)
+                           config_maps=config_maps, endpoints=endpoints)

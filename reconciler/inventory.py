@@ -1,10 +1,11 @@
 """The reconciler's mirror of the cluster: what the watches have told it so far.
 
-Each watched collection (pods, EmailPolicies, SMTPServers) and the referenced Secrets are
-kept here, decoded, keyed ``<namespace>/<name>``. Events and relists are applied with
-methods that say whether anything the builder reads actually changed, so a status update
-(our own, echoed back by the watch) or an unchanged resync does not cause a rebuild.
-`Inventory.inputs` hands the builder one consistent view. Pure: no I/O, no clock.
+Each watched collection (pods, EmailPolicies, SMTPServers) and the referenced Secrets and
+ConfigMaps (credentials, an SMTPServer's ``tlsCA``) are kept here, decoded, keyed
+``<namespace>/<name>``. Events and relists are applied with methods that say whether
+anything the builder reads actually changed, so a status update (our own, echoed back by
+the watch) or an unchanged resync does not cause a rebuild. `Inventory.inputs` hands the
+builder one consistent view. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from reconciler import building, kubeobjects
 from schemas import resources
 
 T = TypeVar("T", resources.EmailPolicy, resources.SMTPServer)
+R = TypeVar("R", resources.Secret, resources.ConfigMap)
 
 
 class Invalid(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,15 +129,16 @@ def _essence(value: object) -> object:
     return value
 
 
-class Secrets:
-    """Only the Secrets policies reference, fetched by name. ``known`` holds every name
-    fetched at least once (found or not), so a new reference is read before a build."""
+class Referenced(Generic[R]):
+    """Only the Secrets (or ConfigMaps) resources reference, fetched by name. ``known``
+    holds every name fetched at least once (found or not), so a new reference is read
+    before a build."""
 
     def __init__(self) -> None:
-        self.items: dict[str, resources.Secret] = {}
+        self.items: dict[str, R] = {}
         self.known: set[str] = set()
 
-    def put(self, name: str, secret: resources.Secret | None) -> bool:
+    def put(self, name: str, secret: R | None) -> bool:
         self.known.add(name)
         before = self.items.get(name)
         if secret is None:
@@ -154,21 +157,41 @@ class Secrets:
         return changed
 
 
-def _secret_essence(secret: resources.Secret | None) -> object:
+Secrets = Referenced[resources.Secret]
+ConfigMaps = Referenced[resources.ConfigMap]
+
+
+def _secret_essence(secret: resources.Secret | resources.ConfigMap | None) -> object:
     if secret is None:
         return None
+    if isinstance(secret, resources.ConfigMap):
+        return secret.data
     return (secret.data, secret.string_data, secret.metadata.annotations)
 
 
-def secret_refs(policies: Iterable[resources.EmailPolicy]) -> set[str]:
-    """``ns/name`` of every Secret a policy names as credentials."""
+def secret_refs(
+    policies: Iterable[resources.EmailPolicy],
+    servers: Iterable[resources.SMTPServer] = (),
+) -> set[str]:
+    """``ns/name`` of every Secret a policy names as credentials or a server as tlsCA."""
     refs: set[str] = set()
     for policy in policies:
         smtp = policy.spec.sink.smtp
         if smtp is not None and smtp.credentials is not None:
             namespace = smtp.credentials.namespace or policy.metadata.namespace
             refs.add(f"{namespace}/{smtp.credentials.name}")
+    for server in servers:
+        ca = server.spec.tls_ca
+        if ca is not None and ca.secret_key_ref is not None:
+            refs.add(f"{server.metadata.namespace}/{ca.secret_key_ref.name}")
     return refs
+
+
+def config_map_refs(servers: Iterable[resources.SMTPServer]) -> set[str]:
+    """``ns/name`` of every ConfigMap a server names as tlsCA."""
+    return {f"{server.metadata.namespace}/{ca.config_map_key_ref.name}"
+            for server in servers
+            if (ca := server.spec.tls_ca) is not None and ca.config_map_key_ref is not None}
 
 
 class Inventory:
@@ -179,14 +202,19 @@ class Inventory:
         self.policies: Resources[resources.EmailPolicy] = Resources(resources.EmailPolicy)
         self.servers: Resources[resources.SMTPServer] = Resources(resources.SMTPServer)
         self.secrets = Secrets()
+        self.config_maps = ConfigMaps()
 
     def secret_refs(self) -> set[str]:
-        return secret_refs(self.policies.items.values())
+        return secret_refs(self.policies.items.values(), self.servers.items.values())
+
+    def config_map_refs(self) -> set[str]:
+        return config_map_refs(self.servers.items.values())
 
     def inputs(self) -> building.Inputs:
         return building.Inputs(
             servers=[self.servers.items[k] for k in sorted(self.servers.items)],
             policies=[self.policies.items[k] for k in sorted(self.policies.items)],
             secrets=[self.secrets.items[k] for k in sorted(self.secrets.items)],
+            config_maps=[self.config_maps.items[k] for k in sorted(self.config_maps.items)],
             endpoints=kubeobjects.endpoints(self.pods.records.values()),
         )

@@ -1,9 +1,10 @@
 """The kubernetes source: watch the cluster, build the snapshot, publish it, write statuses.
 
 Pods, EmailPolicies and SMTPServers are listed and watched (`reconciler.watching`) into
-one `reconciler.inventory.Inventory`; the Secrets that policies reference are read by name
-only (the reconciler needs ``get`` on Secrets, never list or watch) when first referenced
-and every ``secret_refresh_s`` after. Changes are debounced into one build with the pure
+one `reconciler.inventory.Inventory`; the Secrets that policies reference (and the Secrets
+and ConfigMaps that SMTPServers name as ``tlsCA``) are read by name only (the reconciler
+needs ``get`` on them, never list or watch) when first referenced and every
+``secret_refresh_s`` after. Changes are debounced into one build with the pure
 builder, which only the Lease holder (`reconciler.leading`) publishes and turns into status
 patches. Nothing is built before every collection has been listed once, so a half-known
 cluster is never published.
@@ -43,6 +44,7 @@ CYCLE_FAILURES = (*TRANSIENT, nats.errors.Error)
 """What can fail a build-and-publish cycle (the broker too); the cycle is retried."""
 RETRY_AFTER_FAILURE_S = 1.0
 secret_decoder = msgspec.json.Decoder(resources.Secret)
+config_map_decoder = msgspec.json.Decoder(resources.ConfigMap)
 
 
 class _Stopping(Exception):
@@ -159,6 +161,10 @@ class KubeSource:
         refs = self.inventory.secret_refs()
         self.inventory.secrets.forget(refs)
         await self._fetch_secrets(sorted(refs - self.inventory.secrets.known), strict=True)
+        cm_refs = self.inventory.config_map_refs()
+        self.inventory.config_maps.forget(cm_refs)
+        await self._fetch_secrets(sorted(cm_refs - self.inventory.config_maps.known),
+                                  strict=True, config_maps=True)
         now = datetime.now(UTC)
         started = time.perf_counter()
         result = building.build(self.inventory.inputs(), now=now, source=SOURCE)
@@ -187,25 +193,34 @@ class KubeSource:
 
     # --- Secrets ------------------------------------------------------------------------
 
-    async def _fetch_secrets(self, names: list[str], *, strict: bool) -> bool:
-        """GET each Secret by name; True when any changed. ``strict``: a failed read
-        fails the cycle (rather than building as if the Secret were missing)."""
+    async def _fetch_secrets(
+        self, names: list[str], *, strict: bool, config_maps: bool = False
+    ) -> bool:
+        """GET each Secret (or ConfigMap) by name; True when any changed. ``strict``: a
+        failed read fails the cycle (rather than building as if the object were missing)."""
         limit = asyncio.Semaphore(self.rcfg.status_concurrency)
         changed = False
 
         async def fetch(name: str) -> None:
             nonlocal changed
             namespace, _, secret = name.partition("/")
+            path = (kubeapi.config_map_path if config_maps else kubeapi.secret_path)(
+                namespace, secret)
             async with limit:
                 try:
-                    raw = await self.api.get(kubeapi.secret_path(namespace, secret))
+                    raw = await self.api.get(path)
                 except kubeapi.ApiError as exc:
                     if exc.status != 403:
                         raise
-                    log.warning("reconciler.secret_forbidden", secret=name)
+                    log.warning("reconciler.secret_forbidden", secret=name,
+                                kind="ConfigMap" if config_maps else "Secret")
                     raw = None
-            value = None if raw is None else secret_decoder.decode(raw)
-            changed |= self.inventory.secrets.put(name, value)
+            if config_maps:
+                cm = None if raw is None else config_map_decoder.decode(raw)
+                changed |= self.inventory.config_maps.put(name, cm)
+            else:
+                value = None if raw is None else secret_decoder.decode(raw)
+                changed |= self.inventory.secrets.put(name, value)
 
         async def guarded(name: str) -> None:
             try:
@@ -222,14 +237,19 @@ class KubeSource:
         return changed
 
     async def _refresh_secrets(self, stop: asyncio.Event) -> None:
-        """Re-read every referenced Secret periodically (rotated passwords)."""
+        """Re-read every referenced Secret and ConfigMap periodically (rotated passwords
+        and CA bundles)."""
         while not stop.is_set():
             await _pause(stop, self.rcfg.secret_refresh_s)
             if stop.is_set() or not self.leader.leading:
                 continue
             refs = sorted(self.inventory.secret_refs())
-            if await self._fetch_secrets(refs, strict=False):
-                log.info("reconciler.secrets_changed", secrets=len(refs))
+            cm_refs = sorted(self.inventory.config_map_refs())
+            changed = await self._fetch_secrets(refs, strict=False)
+            changed |= await self._fetch_secrets(cm_refs, strict=False, config_maps=True)
+            if changed:
+                log.info("reconciler.secrets_changed", secrets=len(refs),
+                         config_maps=len(cm_refs))
                 self.changed.set()
 
     # --- statuses -----------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Publish a build: the snapshot to the POLICY bucket, the logins to the CREDENTIALS bucket.
+"""Publish a build: the snapshot to the POLICY bucket, the logins and the upstreams' CA
+bundles to the CREDENTIALS bucket.
 
 Both sources end here. Publishing is stateless and compares against what the buckets hold,
 so a restarted reconciler (or a new leader) neither republishes an unchanged snapshot nor
 leaves a stale login behind. The order keeps dispatchers supplied: new and changed logins
 first, then the snapshot that names them, then the deletion of logins no snapshot names any
-more. Passwords are never logged; only CREDENTIALS keys (``<ns>__<secret>``) are.
+more. Passwords are never logged; only CREDENTIALS keys (``<ns>__<secret>``, and
+``ca.<hash>`` for a CA bundle) are.
 
 Every run is counted by outcome (``changed``, ``unchanged``, ``failed``), and the snapshot
 in force is reported as the reconciler's in the ``podpost_snapshot_*`` gauges.
@@ -67,12 +69,11 @@ async def _stored_keys(kv: KeyValue) -> set[str]:
 
 
 async def _put_credentials(
-    kv: KeyValue, wanted: dict[str, snapshot.Credentials], stored: set[str]
+    kv: KeyValue, wanted: dict[str, bytes], stored: set[str]
 ) -> list[str]:
-    """Put each login whose stored value differs; the keys written."""
+    """Put each encoded login or CA bundle whose stored value differs; the keys written."""
     written = []
-    for key, login in wanted.items():
-        value = _credentials_encoder.encode(login)
+    for key, value in wanted.items():
         if key in stored:
             try:
                 entry = await kv.get(key)
@@ -102,7 +103,10 @@ async def _publish(conn: bus.Conn, result: building.Build) -> Published:
     policy_kv = await bus.policy_kv(conn)
     credentials_kv = await bus.credentials_kv(conn)
     stored = await _stored_keys(credentials_kv)
-    put = await _put_credentials(credentials_kv, result.credentials, stored)
+    wanted = {key: _credentials_encoder.encode(login)
+              for key, login in result.credentials.items()}
+    wanted.update((key, _credentials_encoder.encode(ca)) for key, ca in result.cas.items())
+    put = await _put_credentials(credentials_kv, wanted, stored)
 
     snap = result.snapshot
     current = await _current(policy_kv, conn.names.snapshot_key)
@@ -115,7 +119,7 @@ async def _publish(conn: bus.Conn, result: building.Build) -> Published:
         log.info("reconciler.snapshot_published", revision=revision, source=snap.source,
                  policies=len(snap.policies), routes=len(snap.routes), digest=snap.digest[:12])
 
-    deleted = sorted(stored - set(result.credentials))
+    deleted = sorted(stored - set(wanted))
     for key in deleted:
         await credentials_kv.delete(key)
     if put or deleted:

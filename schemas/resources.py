@@ -33,6 +33,23 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_un
 # --- SMTPServer -------------------------------------------------------------------------
 
 
+class KeyRef(_Spec, frozen=True, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, description="The object's name, in the "
+                              "SMTPServer's namespace.")]
+    key: Annotated[str, Meta(min_length=1, description="The data key holding the PEM; "
+                             "ca.crt by default.")] = "ca.crt"
+
+
+class CASource(_Spec, frozen=True, kw_only=True):
+    """podpost: a private CA (PEM bundle) the dispatcher trusts for this upstream, besides
+    the system's CAs: exactly one of configMapKeyRef or secretKeyRef, in the SMTPServer's
+    namespace."""
+
+    config_map_key_ref: KeyRef | None = None
+    secret_key_ref: KeyRef | None = None
+
+
+
 class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
     server: Annotated[str, Meta(min_length=1, description="Host name or address of the upstream.")]
     port: Annotated[int, Meta(ge=1, le=65535, description="TCP port; 587 by default.")] = 587
@@ -41,12 +58,17 @@ class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
             Literal["plain", "ssl", "starttls"],
             Meta(
                 description="plain: no TLS; ssl: implicit TLS; starttls: upgrade after EHLO. "
-                "When unset, the deprecated `tls` decides (true: starttls)."
+                "When unset, the deprecated `tls` decides, as in kube-mail: unset or true "
+                "is ssl, false is plain."
             ),
         ]
         | None
     ) = None
-    tls: Annotated[bool, Meta(description="Deprecated: use `connect`.")] | None = None
+    tls: Annotated[
+        bool,
+        Meta(description="Deprecated: use `connect`. Used only when `connect` is unset: "
+             "unset or true is implicit TLS (ssl), false is plain."),
+    ] | None = None
     auth_type: Annotated[
         Literal["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1"],
         Meta(description="SASL mechanism used with the policy's credentials."),
@@ -64,13 +86,16 @@ class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
         Annotated[float, Meta(gt=0, le=600, description="podpost: per SMTP command deadline.")]
         | None
     ) = None
+    tls_ca: CASource | None = msgspec.field(default=None, name="tlsCA")
 
 
 def connect_mode(spec: SMTPServerSpec) -> Literal["plain", "ssl", "starttls"]:
-    """``connect`` wins; otherwise kube-mail's ``tls: true`` meant STARTTLS."""
+    """``connect`` wins; otherwise kube-mail's rule (src/policy/kubernetes.ts): ``tls``
+    unset or true is implicit TLS, ``tls: false`` is plain. So a server written with
+    neither gets TLS, never a login sent in the clear."""
     if spec.connect is not None:
         return spec.connect
-    return "starttls" if spec.tls else "plain"
+    return "plain" if spec.tls is False else "ssl"
 
 
 # --- EmailPolicy ------------------------------------------------------------------------
@@ -89,7 +114,11 @@ class LabelSelector(_Spec, frozen=True, kw_only=True):
 
 class RateLimiting(_Spec, frozen=True, kw_only=True):
     maximum: Annotated[int, Meta(ge=0, description="Messages allowed per period, per policy.")]
-    period: Literal["hour", "minute"] = "hour"
+    period: Annotated[
+        Literal["hour", "minute"],
+        Meta(description="The window the maximum applies to; minute when unset, as in "
+             "kube-mail."),
+    ] = "minute"
 
 
 class ObjectRef(_Spec, frozen=True, kw_only=True):
@@ -199,6 +228,15 @@ class Secret(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     type: str = "Opaque"
     data: dict[str, str] = {}
     string_data: dict[str, str] = {}
+
+
+class ConfigMap(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A v1 ConfigMap; podpost reads a CA bundle from its ``data``."""
+
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["ConfigMap"] = "ConfigMap"
+    metadata: Metadata
+    data: dict[str, str] = {}
 
 
 # --- status -----------------------------------------------------------------------------

@@ -58,6 +58,9 @@ class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
     auth_type: str = "PLAIN"
     max_connections: int | None = None
     timeout_s: float | None = None
+    tls_ca: str | None = None
+    """CREDENTIALS bucket key of the CA bundle (`TrustedCA`) to trust besides the system's;
+    named by the bundle's hash, so a changed bundle is a changed snapshot."""
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,9 +91,17 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
         return f"Credentials(username={self.username!r}, password=<redacted>)"
 
 
+class TrustedCA(msgspec.Struct, frozen=True, kw_only=True):
+    """A CREDENTIALS bucket value next to the logins: an upstream's CA bundle. Not secret,
+    but kept out of the snapshot every ingress reads: a bundle may be hundreds of KB."""
+
+    pem: str
+
+
 snapshot_encoder = msgspec.json.Encoder()
 snapshot_decoder = msgspec.json.Decoder(PolicySnapshot)
 credentials_decoder = msgspec.json.Decoder(Credentials)
+trusted_ca_decoder = msgspec.json.Decoder(TrustedCA)
 
 
 # --- the stored form ----------------------------------------------------------------------

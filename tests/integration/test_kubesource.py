@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from podpost import bus, settings
-from reconciler import kubeapi, kubesource
+from reconciler import building, kubeapi, kubesource
 from schemas import snapshot
 from tests.support import ingress as ingress_support
 from tests.support import kubeapi as fake
@@ -137,6 +137,23 @@ async def _credential_is(conn: bus.Conn, key: str, password: str | None) -> None
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"credentials {key} did not become {password!r}")
+
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+async def _ca_is(conn: bus.Conn, key: str, pem: str) -> None:
+    kv = await bus.credentials_kv(conn)
+    for _ in range(int(WITHIN_S / 0.02)):
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.value is not None \
+                and snapshot.trusted_ca_decoder.decode(entry.value).pem == pem:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"CA {key} did not become {pem!r}")
 
 
 def _status(cluster: fake.VersionedEmulator, plural: str, key: str) -> dict[str, Any]:
@@ -437,6 +454,33 @@ def _verb(request: kmock.Request) -> str:
     return {"PATCH": "patch", "POST": "create", "DELETE": "delete"}[request.method.value]
 
 
+async def test_a_servers_ca_config_map_is_read_and_refreshed(
+    cluster: fake.VersionedEmulator, conn: bus.Conn, start: Callable[..., Running]
+) -> None:
+    """A server's tlsCA ConfigMap: missing, the server and its policy are left out (and
+    the server's status says CANotFound); created or changed, its PEM reaches the
+    CREDENTIALS bucket under the key the upstream names."""
+    await _basics(cluster)
+    await fake.patch(cluster, fake.SERVERS, "default", "smtp", {"spec": {
+        "tlsCA": {"configMapKeyRef": {"name": "ca"}}}})
+    start()
+    await fake.until(lambda: _condition(_status(cluster, "smtpservers", "default/smtp"),
+                                        "Ready").get("reason") == "CANotFound")
+    await eventually(conn, lambda s: s.upstreams == {} and s.policies == {}, within=5.0)
+
+    await fake.create(cluster, fake.CONFIGMAPS, fake.config_map("ca", {"ca.crt": PEM}))
+    snap = await eventually(conn, lambda s: "default/web" in s.policies)
+    key = snap.upstreams["default/smtp"].tls_ca
+    assert key == building.ca_key(PEM)
+    await _ca_is(conn, key, PEM)
+
+    rotated = PEM.replace("MIIB", "MIIC")
+    await fake.patch(cluster, fake.CONFIGMAPS, "default", "ca", {"data": {"ca.crt": rotated}})
+    snap = await eventually(conn, lambda s: "default/smtp" in s.upstreams
+                            and s.upstreams["default/smtp"].tls_ca != key)
+    await _ca_is(conn, building.ca_key(rotated), rotated)
+
+
 async def test_reconciler_needs_only_the_documented_rbac(
     cluster: fake.VersionedEmulator, conn: bus.Conn, start: Callable[..., Running]
 ) -> None:
@@ -444,10 +488,14 @@ async def test_reconciler_needs_only_the_documented_rbac(
     and every verb granted there is used: the RBAC is sufficient and minimal."""
     await _basics(cluster)
     await fake.create(cluster, fake.SECRETS, fake.secret("login"))
+    await fake.create(cluster, fake.CONFIGMAPS, fake.config_map("ca", {"ca.crt": PEM}))
     await fake.patch(cluster, fake.POLICIES, "default", "web", {"spec": {"sink": {"smtp": {
         "credentials": {"name": "login"}}}}})
+    await fake.patch(cluster, fake.SERVERS, "default", "smtp", {"spec": {
+        "tlsCA": {"configMapKeyRef": {"name": "ca"}}}})
     source = start()
-    await eventually(conn, lambda s: "default/web" in s.policies, within=5.0)
+    await eventually(conn, lambda s: "default/web" in s.policies
+                     and s.upstreams["default/smtp"].tls_ca is not None, within=5.0)
     await fake.until(lambda: len(_status_patches(cluster)) >= 2)
     await asyncio.sleep(0.3)  # a few Lease renewals
     await source.close()

@@ -11,13 +11,15 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trustme
 
 from dispatcher import sending
 from dispatcher.outcome import Outcome
 from podpost import settings
-from schemas import snapshot
+from reconciler import building
+from schemas import resources, snapshot
 from tests.support import upstream as upstream_mod
 
 MAIL = b"From: app@example.org\r\nTo: you@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -158,6 +160,36 @@ async def test_untrusted_certificate_is_a_tls_failure(
     assert outcome.failure == "tls"
     assert "certificate" in outcome.reply.lower()
     assert up.handler.messages == []
+
+
+@pytest.mark.parametrize("tls", [True, None])
+async def test_kube_mail_tls_server_is_reached_over_implicit_tls(
+    tls: bool | None, server_tls: ssl.SSLContext, trusting: settings.DispatcherSettings
+) -> None:
+    """kube-mail's documented `port: 465, tls: true` (and a server with neither `tls` nor
+    `connect`) means implicit TLS: the mail reaches a real smtps upstream over TLS."""
+    async with running(tls_context=server_tls, implicit_tls=True) as up:
+        spec: dict[str, Any] = {"server": up.host, "port": up.port, "authType": "PLAIN"}
+        if tls is not None:
+            spec["tls"] = tls
+        server = msgspec.convert(
+            {"metadata": {"name": "default", "namespace": "default"}, "spec": spec},
+            resources.SMTPServer)
+        outcome = await deliver(building.upstream_view(server), cfg=trusting, timeout_s=2.0)
+    assert codes(outcome) == {"you@example.org": 250}
+    assert up.handler.messages[0].tls
+
+
+async def test_kube_mail_tls_false_server_is_plain() -> None:
+    """kube-mail's `tls: false` (its MailHog example) is plain SMTP."""
+    async with running() as up:
+        server = msgspec.convert(
+            {"metadata": {"name": "mailhog"},
+             "spec": {"server": up.host, "port": up.port, "tls": False}},
+            resources.SMTPServer)
+        outcome = await deliver(building.upstream_view(server))
+    assert codes(outcome) == {"you@example.org": 250}
+    assert not up.handler.messages[0].tls
 
 
 async def test_verification_can_be_turned_off(server_tls: ssl.SSLContext) -> None:

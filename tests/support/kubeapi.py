@@ -30,6 +30,7 @@ from kmock._internal import aiobus, k8s, references, rendering
 
 PODS = "v1/pods"
 SECRETS = "v1/secrets"
+CONFIGMAPS = "v1/configmaps"
 LEASES = "coordination.k8s.io/v1/leases"
 POLICIES = "kube-mail.helmich.me/v1alpha1/emailpolicies"
 SERVERS = "kube-mail.helmich.me/v1alpha1/smtpservers"
@@ -328,6 +329,12 @@ def policy(name: str, *, namespace: str = "default", server_name: str = "smtp",
         spec["default"] = True
     return {"apiVersion": "kube-mail.helmich.me/v1alpha1", "kind": "EmailPolicy",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def config_map(name: str, data: dict[str, str], *, namespace: str = "default"
+               ) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace}, "data": data}
 
 
 def secret(name: str, *, namespace: str = "default", username: str = "user",

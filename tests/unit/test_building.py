@@ -206,10 +206,27 @@ def test_smtp_policy_resolves_upstream_and_credentials() -> None:
     assert condition(result, "SMTPServer:app/relay").status == "True"
 
 
-def test_server_defaults_and_deprecated_tls() -> None:
-    """Port defaults to 587; the deprecated tls: true means STARTTLS."""
-    view = build(servers=[server(tls=True)]).snapshot.upstreams["app/relay"]
-    assert (view.port, view.connect) == (587, "starttls")
+def test_server_port_defaults_to_587() -> None:
+    """Port defaults to 587, as in kube-mail."""
+    view = build(servers=[server(connect="plain")]).snapshot.upstreams["app/relay"]
+    assert view.port == 587
+
+
+@pytest.mark.parametrize(("spec", "mode"), [
+    ({}, "ssl"),
+    ({"tls": True}, "ssl"),
+    ({"tls": False}, "plain"),
+    ({"connect": "starttls", "tls": True}, "starttls"),
+    ({"connect": "plain", "tls": True}, "plain"),
+    ({"connect": "ssl", "tls": False}, "ssl"),
+])
+def test_deprecated_tls_means_what_it_means_in_kube_mail(
+    spec: dict[str, Any], mode: str
+) -> None:
+    """Without `connect`, `tls` unset or true is implicit TLS and false is plain
+    (kube-mail's src/policy/kubernetes.ts); `connect` always wins."""
+    view = build(servers=[server(**spec)]).snapshot.upstreams["app/relay"]
+    assert view.connect == mode
 
 
 def test_server_in_another_namespace_is_allowed() -> None:
@@ -319,10 +336,11 @@ def test_policy_extras_reach_the_view() -> None:
         1024, ["a@example.com", "@example.org"])
 
 
-def test_ratelimit_period_defaults_to_an_hour() -> None:
-    """kube-mail's period defaults to hour."""
+def test_ratelimit_period_defaults_to_a_minute() -> None:
+    """A ratelimiting without period counts per minute, as kube-mail's
+    `period || "minute"` (src/policy/kubernetes.ts)."""
     view = build(policies=[policy("web", ratelimiting={"maximum": 5})]).snapshot.policies
-    assert view["app/web"].ratelimit == snapshot.RateLimit(maximum=5, period_s=3600.0)
+    assert view["app/web"].ratelimit == snapshot.RateLimit(maximum=5, period_s=60.0)
 
 
 def test_partial_retry_overrides_only_what_it_sets() -> None:
@@ -416,3 +434,62 @@ def test_ten_thousand_pods_and_a_thousand_policies_build_fast() -> None:
         best = min(best, time.perf_counter() - started)
     assert len(result.snapshot.routes) == 10_000
     assert best < 0.2, f"build took {best * 1000:.0f} ms"
+
+
+# --- an upstream's own CA (spec.tlsCA) ----------------------------------------------------
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def config_map(name: str = "company-ca", namespace: str = "app",
+               data: dict[str, str] | None = None) -> resources.ConfigMap:
+    return msgspec.convert(
+        {"metadata": {"name": name, "namespace": namespace},
+         "data": {"ca.crt": PEM} if data is None else data},
+        resources.ConfigMap)
+
+
+def test_a_config_map_ca_goes_to_the_credentials_bucket_not_the_snapshot() -> None:
+    """tlsCA's PEM becomes one `ca.<hash>` key the upstream names; the snapshot holds
+    only the key."""
+    result = build(servers=[server(connect="ssl",
+                                   tlsCA={"configMapKeyRef": {"name": "company-ca"}})],
+                   config_maps=[config_map()], policies=[policy("web", sink=smtp_sink())])
+    view = result.snapshot.upstreams["app/relay"]
+    assert view.tls_ca == building.ca_key(PEM) and view.tls_ca.startswith("ca.")
+    assert result.cas == {view.tls_ca: snapshot.TrustedCA(pem=PEM)}
+    assert PEM.encode() not in snapshot.encode_snapshot(result.snapshot)
+    assert "app/web" in result.snapshot.policies
+
+
+def test_a_secret_ca_is_read_from_its_key_base64_decoded() -> None:
+    """secretKeyRef reads `data[key]` (base64) of a Secret in the server's namespace."""
+    encoded = base64.b64encode(PEM.encode()).decode()
+    result = build(servers=[server(tlsCA={"secretKeyRef": {"name": "tls", "key": "ca.pem"}})],
+                   secrets=[secret("tls", data={"ca.pem": encoded})])
+    assert result.cas == {building.ca_key(PEM): snapshot.TrustedCA(pem=PEM)}
+
+
+@pytest.mark.parametrize(("tls_ca", "config_maps", "reason"), [
+    ({"configMapKeyRef": {"name": "company-ca"}}, [], "CANotFound"),
+    ({"configMapKeyRef": {"name": "company-ca", "key": "other"}}, [config_map()],
+     "CANotFound"),
+    ({"configMapKeyRef": {"name": "company-ca"}}, [config_map(namespace="elsewhere")],
+     "CANotFound"),
+    ({"configMapKeyRef": {"name": "company-ca"}}, [config_map(data={"ca.crt": "junk"})],
+     "InvalidCA"),
+    ({}, [], "InvalidCA"),
+    ({"configMapKeyRef": {"name": "a"}, "secretKeyRef": {"name": "b"}}, [], "InvalidCA"),
+])
+def test_an_unreadable_ca_makes_the_server_and_its_policies_not_ready(
+    tls_ca: dict[str, Any], config_maps: list[resources.ConfigMap], reason: str
+) -> None:
+    """A missing, foreign-namespace or non-PEM CA: the server is not Ready and left out,
+    and so is every policy using it (nothing is relayed, as with a missing Secret)."""
+    result = build(servers=[server(tlsCA=tls_ca)], config_maps=config_maps,
+                   policies=[policy("web", sink=smtp_sink())])
+    assert condition(result, "SMTPServer:app/relay").reason == reason
+    assert condition(result, "SMTPServer:app/relay").status == "False"
+    assert condition(result, "EmailPolicy:app/web").reason == "ServerNotReady"
+    assert result.snapshot.upstreams == {} and result.snapshot.policies == {}
+    assert result.cas == {}

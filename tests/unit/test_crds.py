@@ -129,6 +129,12 @@ def test_kube_mail_names_are_kept() -> None:
     }
 
 
+def test_ratelimiting_period_defaults_to_minute_in_the_crd() -> None:
+    """The API server stores an unset period as minute, kube-mail's `period || "minute"`."""
+    spec = _schema("EmailPolicy")["properties"]["spec"]["properties"]
+    assert spec["ratelimiting"]["properties"]["period"]["default"] == "minute"
+
+
 def test_descriptions_are_kept() -> None:
     """Field descriptions from the Structs reach the CRD (kubectl explain shows them)."""
     spec = _schema("SMTPServer")["properties"]["spec"]["properties"]
@@ -147,6 +153,14 @@ def test_kube_mail_example_validates(doc: dict[str, Any]) -> None:
         return
     _validator(doc["kind"]).validate(doc)
     msgspec.convert(doc, KINDS[doc["kind"]])
+
+
+def test_kube_mail_example_servers_connect_as_in_kube_mail() -> None:
+    """The README's `port: 465, tls: true` is implicit TLS, MailHog's `tls: false` plain."""
+    modes = {doc["metadata"]["name"]: resources.connect_mode(
+        msgspec.convert(doc, resources.SMTPServer).spec)
+        for doc in _examples() if doc["kind"] == "SMTPServer"}
+    assert modes == {"default": "ssl", "mailhog": "plain", "mailtrap": "starttls"}
 
 
 def test_examples_cover_both_kinds() -> None:
@@ -168,6 +182,13 @@ SINK = {"smtp": {"server": {"name": "s"}}}
         ({**SERVER, "spec": {"server": "smtp.example"}}, True),
         ({**SERVER, "spec": {"server": "smtp.example", "connect": "ssl", "port": 465}}, True),
         ({**SERVER, "spec": {"server": "smtp.example", "timeoutSeconds": 0.5}}, True),
+        ({**SERVER, "spec": {"server": "x", "tlsCA": {"configMapKeyRef": {"name": "ca"}}}},
+         True),
+        ({**SERVER, "spec": {"server": "x", "tlsCA": {"secretKeyRef": {"name": "t",
+                                                                       "key": "ca.pem"}}}},
+         True),
+        ({**SERVER, "spec": {"server": "x", "tlsCA": {"configMapKeyRef": {"key": "k"}}}},
+         False),
         ({**SERVER, "spec": {}}, False),
         ({**SERVER, "spec": {"server": ""}}, False),
         ({**SERVER, "spec": {"server": "x", "port": 0}}, False),
@@ -212,6 +233,11 @@ _specs = st.builds(
     auth_type=st.sampled_from(["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1"]),
     max_connections=st.none() | st.integers(1, 1000),
     timeout_seconds=st.none() | st.floats(0.001, 600),
+    tls_ca=st.none() | st.builds(
+        resources.CASource,
+        config_map_key_ref=st.none() | st.builds(resources.KeyRef, name=_label, key=_label),
+        secret_key_ref=st.none() | st.builds(resources.KeyRef, name=_label),
+    ),
 )
 _selectors = st.builds(
     resources.LabelSelector,

@@ -96,7 +96,7 @@ def test_empty_documents_are_skipped() -> None:
      "at spec.cidrs[2]"),
     ((POLICY, STATIC.replace("kind: StaticSource", "kind: Pod")),
      "policies.yaml: document 2 (Pod dev/local): unknown kind 'Pod'; expected one of "
-     "EmailPolicy, SMTPServer, Secret, StaticSource"),
+     "ConfigMap, EmailPolicy, SMTPServer, Secret, StaticSource"),
     ((POLICY.replace("v1alpha1", "v1"),),
      'policies.yaml: document 1 (EmailPolicy dev/app): EmailPolicy needs apiVersion '
      '"kube-mail.helmich.me/v1alpha1"'),
@@ -166,3 +166,10 @@ def test_the_dev_policy_ships_inside_the_package() -> None:
     patterns = setuptools["package-data"]["podpost.data"]
     assert any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns), patterns
     assert not (ROOT / "deploy" / "examples" / "dev.yaml").exists()  # one copy, no drift
+
+
+def test_ratelimiting_without_period_counts_per_minute() -> None:
+    """A file policy's `ratelimiting: {maximum: 5}` is 5 a minute, as in kube-mail."""
+    inputs = parse(STATIC, POLICY.replace("sink:", "ratelimiting: {maximum: 5}\n  sink:"))
+    view = building.build(inputs, now=NOW, source="file").snapshot.policies["dev/app"]
+    assert view.ratelimit is not None and view.ratelimit.period_s == 60.0

@@ -138,6 +138,39 @@ def test_every_pod_runs_non_root_on_a_read_only_root(
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+CA_FILE = "/etc/podpost/ca/ca.crt"
+EXTRA_VOLUMES = {
+    "extraEnv": [{"name": "PODPOST_DISPATCHER__TLS_CA_FILE", "value": CA_FILE}],
+    **{role: {"extraVolumes": [{"name": "company-ca", "configMap": {"name": "company-ca"}}],
+              "extraVolumeMounts": [{"name": "company-ca", "mountPath": "/etc/podpost/ca",
+                                     "readOnly": True}]}
+       for role in ("dispatcher", "ingress", "reconciler")},
+}
+
+
+def test_extra_volumes_bring_a_ca_bundle_into_the_read_only_pods(
+    chart: helmrender.Chart,
+) -> None:
+    """`<role>.extraVolumes`/`extraVolumeMounts` add a volume (a ConfigMap with a CA
+    bundle) beside /tmp in each pod, and the dispatcher's TLS_CA_FILE setting loads."""
+    docs = chart.documents(EXTRA_VOLUMES, release="podpost", namespace="podpost")
+    templates = _pod_templates(docs)
+    assert len(templates) == 3
+    for name, template in templates:
+        pod = template["spec"]
+        [container] = pod["containers"]
+        assert [(m["mountPath"], m.get("readOnly", False)) for m in container["volumeMounts"]
+                ] == [("/tmp", False), ("/etc/podpost/ca", True)], name
+        assert [v["name"] for v in pod["volumes"]] == ["tmp", "company-ca"], name
+        assert pod["volumes"][1]["configMap"] == {"name": "company-ca"}
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        if container["args"][0] == "dispatcher":
+            assert settings.load(_env(container)).dispatcher.tls_ca_file == CA_FILE
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) not in CUSTOM:
+            kubernetes_validate.validate(doc, KUBERNETES[-1], strict=True)
+
+
 def _env(container: dict[str, Any]) -> dict[str, str]:
     """The container's PODPOST_* variables; values from Secrets/fields as placeholders."""
     out = {}

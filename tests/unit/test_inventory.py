@@ -97,3 +97,14 @@ def test_secret_changes_and_forgetting() -> None:
     assert secrets.put("default/s", granted)
     assert secrets.forget(set())
     assert secrets.items == {} and secrets.known == set()
+
+
+def test_a_servers_tls_ca_is_referenced_in_its_own_namespace() -> None:
+    """tlsCA names a ConfigMap or a Secret of the SMTPServer's namespace."""
+    docs = [fake.server("a", namespace="mail"), fake.server("b", namespace="shop"),
+            fake.server("c")]
+    docs[0]["spec"]["tlsCA"] = {"configMapKeyRef": {"name": "ca"}}
+    docs[1]["spec"]["tlsCA"] = {"secretKeyRef": {"name": "tls", "key": "ca.pem"}}
+    servers = [msgspec.convert(doc, resources.SMTPServer) for doc in docs]
+    assert inventory.config_map_refs(servers) == {"mail/ca"}
+    assert inventory.secret_refs([], servers) == {"shop/tls"}
