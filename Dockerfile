@@ -14,6 +14,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY podpost ./podpost
 COPY schemas ./schemas
+COPY runtime ./runtime
+COPY admin ./admin
 COPY ingress ./ingress
 COPY dispatcher ./dispatcher
 COPY reconciler ./reconciler

@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
 
-from podpost import bus, natsserver, settings  # noqa: E402
+from podpost import natsserver  # noqa: E402
+from runtime import bus, settings  # noqa: E402
 from tests.support import ingress as ingress_support  # noqa: E402
 from tests.support import relay, scenarios, smtpfuzz  # noqa: E402
 from tests.support import upstream as upstream_mod  # noqa: E402

@@ -31,8 +31,10 @@ import nats.errors
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from podpost import bus, natsserver, settings  # noqa: E402
-from reconciler import building, inventory, publishing  # noqa: E402
+from podpost import natsserver  # noqa: E402
+from reconciler import publishing  # noqa: E402
+from reconciler.rules import building, inventory  # noqa: E402
+from runtime import bus, settings  # noqa: E402
 from schemas import snapshot  # noqa: E402
 
 MAX_PAYLOAD = 1024 * 1024

@@ -22,8 +22,8 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from podpost import bus, policies
-from podpost import settings as settings_mod
+from runtime import bus, policies
+from runtime import settings as settings_mod
 from schemas import names, snapshot
 
 log = structlog.get_logger("dispatcher.consumers")

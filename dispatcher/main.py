@@ -15,9 +15,10 @@ import functools
 
 import structlog
 
-from dispatcher import consumers, keyring, limiting, pool, ratekv, sampling, settling, worker
-from podpost import bus, health, policies
-from podpost import settings as settings_mod
+from dispatcher import consumers, keyring, pool, ratekv, sampling, settling, worker
+from dispatcher.rules import limiting
+from runtime import bus, health, policies
+from runtime import settings as settings_mod
 
 log = structlog.get_logger("dispatcher.main")
 

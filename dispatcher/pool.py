@@ -41,8 +41,8 @@ import msgspec
 import structlog
 
 from dispatcher import sending
-from dispatcher.outcome import Outcome
-from podpost import settings
+from dispatcher.rules.outcome import Outcome
+from runtime import settings
 from schemas import snapshot
 
 log = structlog.get_logger("dispatcher.pool")

@@ -38,7 +38,7 @@ import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
-from dispatcher import limiting
+from dispatcher.rules import limiting
 from schemas import rates, snapshot
 
 log = structlog.get_logger("dispatcher.ratekv")

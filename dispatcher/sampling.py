@@ -3,7 +3,7 @@
 Every ``health.sample_interval_s`` one ``CONSUMER.LIST`` request (paged, 256 a page) reads
 ``num_pending`` (never handed out: the lag an autoscaler watches) and ``num_ack_pending``
 (handed out, not acked: in delivery or waiting for a retry) of every durable consumer, and
-`podpost.metrics.Metrics.set_consumers` replaces the gauges with them. A replica started
+`runtime.metrics.Metrics.set_consumers` replaces the gauges with them. A replica started
 for some upstreams reports only theirs. Every replica reports the same broker-side
 numbers, so aggregate them with ``max``, not ``sum``. A failed sample keeps the last
 values; it is logged and tried again next time.
@@ -19,8 +19,8 @@ import nats.errors
 import structlog
 from nats.js.api import ConsumerInfo
 
-from podpost import bus, metrics
-from podpost import settings as settings_mod
+from runtime import bus, metrics
+from runtime import settings as settings_mod
 from schemas import names
 
 log = structlog.get_logger("dispatcher.sampling")

@@ -26,8 +26,8 @@ from typing import Literal, TypeVar
 
 import aiosmtplib
 
-from dispatcher.outcome import Failure, Outcome, RcptResult
-from podpost import settings
+from dispatcher.rules.outcome import Failure, Outcome, RcptResult
+from runtime import settings
 from schemas import snapshot
 
 Stage = Literal["connect", "greet", "tls", "auth", "ready", "mail", "rcpt", "data", "done"]

@@ -31,8 +31,8 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from dispatcher import classify, ledger
-from podpost import bus, eventing, metrics
+from dispatcher.rules import classify, ledger
+from runtime import bus, eventing, metrics
 from schemas import events, mail
 
 log = structlog.get_logger("dispatcher.settling")

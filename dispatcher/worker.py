@@ -36,10 +36,11 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from dispatcher import backoff, classify, consumers, keyring, ledger, limiting, settling
-from dispatcher import outcome as outcome_mod
-from podpost import eventing, policies
-from podpost import settings as settings_mod
+from dispatcher import consumers, keyring, settling
+from dispatcher.rules import backoff, classify, ledger, limiting
+from dispatcher.rules import outcome as outcome_mod
+from runtime import eventing, policies
+from runtime import settings as settings_mod
 from schemas import events, mail, names, snapshot
 
 log = structlog.get_logger("dispatcher.worker")

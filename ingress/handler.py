@@ -17,9 +17,10 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from ingress import admission, headers, mailid, publishing, reasons, replies, routing
-from podpost import bus, eventing, metrics, policies
-from podpost import settings as settings_mod
+from ingress import publishing
+from ingress.rules import admission, headers, mailid, reasons, replies, routing
+from runtime import bus, eventing, metrics, policies
+from runtime import settings as settings_mod
 from schemas import events, mail
 from schemas import snapshot as snapshot_mod
 

@@ -15,10 +15,10 @@ import nats.errors
 import structlog
 
 from ingress import handler as handler_mod
-from ingress import replies
 from ingress import sessions as sessions_mod
-from podpost import bus, health, policies
-from podpost import settings as settings_mod
+from ingress.rules import replies
+from runtime import bus, health, policies
+from runtime import settings as settings_mod
 
 log = structlog.get_logger("ingress.main")
 

@@ -20,7 +20,7 @@ import nats.js.errors
 import structlog
 from nats.js.api import PubAck
 
-from podpost import bus
+from runtime import bus
 from schemas import mail
 
 log = structlog.get_logger("ingress.publishing")

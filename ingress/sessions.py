@@ -21,8 +21,8 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
-from ingress import admission, dataphase, replies
 from ingress import handler as handler_mod
+from ingress.rules import admission, dataphase, replies
 
 log = structlog.get_logger("ingress.sessions")
 

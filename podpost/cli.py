@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from podpost import settings as settings_mod
+from runtime import settings as settings_mod
 
 app = typer.Typer(
     name="podpost",
@@ -283,9 +283,9 @@ def status(nats_url: NatsUrl = None, json_: Json = False) -> None:
 
 
 def _password_option(role: str) -> Any:
-    from podpost import natsauth
+    from podpost import natsconfig
 
-    variable = natsauth.password_variable(role)
+    variable = natsconfig.password_variable(role)
     return typer.Option(f"--{role}-password", envvar=variable,
                         help=f"Password of the {role} user (or ${variable}).")
 
@@ -308,18 +308,18 @@ def nats_config(
     ``secret`` makes a random password for every role not given one."""
     import secrets
 
-    from podpost import natsauth
+    from podpost import natsconfig
     from schemas import names
 
     given = {"ingress": ingress_password, "dispatcher": dispatcher_password,
              "reconciler": reconciler_password, "admin": admin_password}
     passwords = {role: value for role, value in given.items() if value}
     if fmt == "secret":
-        for role in natsauth.ROLES:
+        for role in natsconfig.ROLES:
             passwords.setdefault(role, secrets.token_urlsafe(24))
     try:
         bus = names.Bus(prefix=prefix or load_settings().nats.prefix)
-        text = natsauth.render(bus, fmt, passwords, secret_name=secret_name,
+        text = natsconfig.render(bus, fmt, passwords, secret_name=secret_name,
                                namespace=namespace)
     except ValueError as exc:
         error(str(exc))

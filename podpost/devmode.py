@@ -14,8 +14,9 @@ import msgspec
 import structlog
 from rich.console import Console
 
-from podpost import logs, natsserver, process
-from podpost import settings as settings_mod
+from podpost import natsserver, process
+from runtime import logs
+from runtime import settings as settings_mod
 
 log = structlog.get_logger("podpost.dev")
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import structlog
 
-from podpost import health, logs, metrics
-from podpost import settings as settings_mod
+from runtime import health, logs, metrics
+from runtime import settings as settings_mod
 
 Serve = Callable[[settings_mod.Settings, asyncio.Event], Coroutine[Any, Any, None]]
 

@@ -14,8 +14,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from podpost import durations, reports
-from schemas import events, mail
+from admin.rules import reports
+from schemas import durations, events, mail
 
 NONE = "-"
 

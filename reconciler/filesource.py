@@ -23,9 +23,10 @@ import msgspec
 import nats.errors
 import structlog
 
-from podpost import bus, metrics
-from podpost import settings as settings_mod
-from reconciler import building, documents, publishing
+from reconciler import publishing
+from reconciler.rules import building, documents
+from runtime import bus, metrics
+from runtime import settings as settings_mod
 
 log = structlog.get_logger("reconciler.filesource")
 

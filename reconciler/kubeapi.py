@@ -2,7 +2,7 @@
 
 kubernetes-asyncio supplies the connection: kubeconfig or in-cluster configuration, TLS,
 and the service-account token it re-reads as it rotates. Its generated models are skipped
-on purpose: responses come back as bytes and `reconciler.kubeobjects` decodes the fields we
+on purpose: responses come back as bytes and `reconciler.rules.kubeobjects` decodes the fields we
 need with msgspec, which matters with 10,000 pods. Every request but a watch has a
 deadline; a watch is bounded by its own ``timeoutSeconds`` plus a margin.
 """
@@ -22,8 +22,8 @@ import msgspec
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
-from podpost import settings as settings_mod
-from reconciler import kubeobjects
+from reconciler.rules import kubeobjects
+from runtime import settings as settings_mod
 from schemas import resources
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

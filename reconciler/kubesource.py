@@ -1,7 +1,7 @@
 """The kubernetes source: watch the cluster, build the snapshot, publish it, write statuses.
 
 Pods, EmailPolicies and SMTPServers are listed and watched (`reconciler.watching`) into
-one `reconciler.inventory.Inventory`; the Secrets that policies reference (and the Secrets
+one `reconciler.rules.inventory.Inventory`; the Secrets that policies reference (and the Secrets
 and ConfigMaps that SMTPServers name as ``tlsCA``) are read by name only (the reconciler
 needs ``get`` on them, never list or watch) when first referenced and every
 ``secret_refresh_s`` after. Changes are debounced into one build with the pure
@@ -21,18 +21,10 @@ import msgspec
 import nats.errors
 import structlog
 
-from podpost import bus, health, metrics
-from podpost import settings as settings_mod
-from reconciler import (
-    building,
-    inventory,
-    kubeapi,
-    kubeobjects,
-    leading,
-    publishing,
-    statuses,
-    watching,
-)
+from reconciler import kubeapi, leading, publishing, watching
+from reconciler.rules import building, inventory, kubeobjects, statuses
+from runtime import bus, health, metrics
+from runtime import settings as settings_mod
 from schemas import resources
 
 log = structlog.get_logger("reconciler.kubesource")

@@ -1,6 +1,6 @@
 """Hold (or wait for) the reconciler's Lease, so only one replica publishes at a time.
 
-The decisions are `reconciler.leases`; this is the loop that reads and writes the Lease
+The decisions are `reconciler.rules.leases`; this is the loop that reads and writes the Lease
 every ``lease_retry_s``. `Leader.remaining` is how long this replica may still act as the
 leader: the time since its last *successful* renewal, counted on the monotonic clock,
 subtracted from the renew deadline. Publishing is bounded by it, and a standby only takes
@@ -19,7 +19,8 @@ import aiohttp
 import msgspec
 import structlog
 
-from reconciler import kubeapi, leases
+from reconciler import kubeapi
+from reconciler.rules import leases
 
 log = structlog.get_logger("reconciler.leading")
 

@@ -11,9 +11,9 @@ import asyncio
 
 import structlog
 
-from podpost import bus, health
-from podpost import settings as settings_mod
 from reconciler import filesource
+from runtime import bus, health
+from runtime import settings as settings_mod
 
 log = structlog.get_logger("reconciler.main")
 

@@ -21,8 +21,8 @@ import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
-from podpost import bus, metrics
-from reconciler import building
+from reconciler.rules import building
+from runtime import bus, metrics
 from schemas import snapshot
 
 log = structlog.get_logger("reconciler.publishing")

@@ -20,7 +20,8 @@ import msgspec
 import stamina
 import structlog
 
-from reconciler import kubeapi, kubeobjects
+from reconciler import kubeapi
+from reconciler.rules import kubeobjects
 
 log = structlog.get_logger("reconciler.watching")
 
@@ -28,7 +29,7 @@ TRANSIENT = (kubeapi.ApiError, aiohttp.ClientError, OSError, TimeoutError, msgsp
 
 
 class Sink(Protocol):
-    """Where a collection's objects go (`reconciler.inventory`); both say if anything that
+    """Where a collection's objects go (`reconciler.rules.inventory`); both say if anything that
     matters changed."""
 
     def apply(self, kind: str, raw: bytes) -> bool: ...

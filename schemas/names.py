@@ -162,3 +162,14 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     rates_ttl_s: float = 2 * 3600.0
     """Rate-limit counters vanish this long after their last write: two windows of the
     longest period (an hour), so the current and the previous window are always there."""
+
+
+_ROLE_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def inbox_prefix(bus: Bus, role: str) -> str:
+    """The reply-subject prefix of one role's connections: ``_INBOX.<prefix>.<role>``.
+
+    nats-py appends ``.<unique>`` to it for every request and push consumer."""
+    token = role if _ROLE_RE.match(role) else "client"
+    return f"_INBOX.{bus.prefix}.{token}"

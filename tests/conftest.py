@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from podpost import bus, natsserver, settings
+from podpost import natsserver
+from runtime import bus, settings
 from tests.support import upstream as upstream_mod
 
 

@@ -8,9 +8,12 @@ import sys
 
 import msgspec
 
-from podpost import bus, inspecting, reports, tables
-from podpost import settings as settings_mod
+from admin import inspecting
+from admin.rules import reports
+from podpost import tables
 from podpost.commands import running
+from runtime import bus
+from runtime import settings as settings_mod
 
 
 class Shown(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,8 +4,8 @@ An ID is a DEAD stream sequence (the ``id`` column: one dead letter) or a mail i
 dead letter of that mail). ``replay`` and ``purge`` check every ID before they act: an ID
 that names nothing stops the command before anything is done, unless the events say the
 dead letter was already replayed (or purged), which is only noted, so running the same
-command twice is safe. What they do, step by step, is told in `podpost.replaying` and
-`podpost.purging`.
+command twice is safe. What they do, step by step, is told in `admin.replaying` and
+`admin.purging`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from datetime import datetime
 
 import msgspec
 
-from podpost import bus, inspecting, purging, replaying, reports, tables
-from podpost import settings as settings_mod
+from admin import inspecting, purging, replaying
+from admin.rules import reports
+from podpost import tables
 from podpost.commands import running
+from runtime import bus
+from runtime import settings as settings_mod
 from schemas import events, mail, names
 
 

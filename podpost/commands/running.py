@@ -26,9 +26,10 @@ import typer
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from podpost import bus, durations, logs, reports
-from podpost import settings as settings_mod
-from schemas import names
+from admin.rules import reports
+from runtime import bus, logs
+from runtime import settings as settings_mod
+from schemas import durations, names
 
 CONNECT_TIMEOUT_S = 2
 """Seconds one connection attempt to one server may take."""

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from podpost import bus, inspecting, reports, tables
-from podpost import settings as settings_mod
+from admin import inspecting
+from admin.rules import reports
+from podpost import tables
 from podpost.commands import running
+from runtime import bus
+from runtime import settings as settings_mod
 
 
 async def gather(conn: bus.Conn, now: datetime) -> reports.StatusReport:

@@ -3,9 +3,10 @@ deferred, delivered, dead, replayed, purged), oldest first."""
 
 from __future__ import annotations
 
-from podpost import inspecting, tables
-from podpost import settings as settings_mod
+from admin import inspecting
+from podpost import tables
 from podpost.commands import running
+from runtime import settings as settings_mod
 
 
 def trace(cfg: settings_mod.Settings, mail_id: str, *, since: str | None, as_json: bool

@@ -12,7 +12,7 @@ import msgspec
 import nats.js.errors
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from podpost import bus, settings
+from runtime import bus, settings
 from schemas import events, mail
 from tests.support import cli
 from tests.support import dispatching as d

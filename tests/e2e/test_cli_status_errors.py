@@ -10,7 +10,7 @@ import msgspec
 import nats.js.errors
 
 from dispatcher import consumers
-from podpost import bus, settings
+from runtime import bus, settings
 from schemas import mail, rates, snapshot
 from tests.support import cli
 from tests.support import dispatching as d

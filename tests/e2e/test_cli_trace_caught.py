@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from podpost import bus, settings
+from runtime import bus, settings
 from schemas import events, names, snapshot
 from tests.support import cli
 from tests.support import dispatching as d

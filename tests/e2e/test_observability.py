@@ -23,7 +23,8 @@ from typing import Any
 
 import aiosmtplib
 
-from podpost import metrics, natsserver
+from podpost import natsserver
+from runtime import metrics
 from tests.support import probing
 from tests.support import upstream as upstream_mod
 

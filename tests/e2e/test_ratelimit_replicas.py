@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from podpost import bus, settings
+from runtime import bus, settings
 from schemas import rates, snapshot
 from tests.support import dispatching as d
 from tests.support import upstream as upstream_mod

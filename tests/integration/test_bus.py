@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from podpost import bus, settings
+from runtime import bus, settings
 
 
 async def test_ensure_is_idempotent_and_creates_the_layout(

@@ -13,7 +13,7 @@ import nats.js.errors
 import pytest
 from nats.js.object_store import ObjectStore
 
-from podpost import bus, settings
+from runtime import bus, settings
 from schemas import events, mail, names, snapshot
 from tests.support import dispatching as d
 from tests.support import upstream as upstream_mod

@@ -9,7 +9,7 @@ from typing import Any
 import nats.js.errors
 import pytest
 
-from podpost import bus, settings
+from runtime import bus, settings
 from tests.support import dispatching as d
 from tests.support import upstream as upstream_mod
 

@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from dispatcher import consumers, sampling
-from podpost import bus, health, metrics, settings
+from runtime import bus, health, metrics, settings
 from schemas.snapshot import PolicyView
 from tests.support import dispatching, probing
 

@@ -10,8 +10,8 @@ import aiosmtplib
 import pytest
 import structlog
 
-from ingress import headers, mailid
-from podpost import bus, settings
+from ingress.rules import headers, mailid
+from runtime import bus, settings
 from schemas import events
 from tests.support import ingress as support
 from tests.support.ingress import HOSTNAME, NET, OPEN, STRICT

@@ -8,7 +8,8 @@ import aiosmtplib
 import nats.errors
 import pytest
 
-from podpost import bus, natsserver, settings
+from podpost import natsserver
+from runtime import bus, settings
 from tests.support import ingress as support
 
 MESSAGE = b"From: app@example.com\r\nSubject: retried\r\n\r\nbody\r\n"

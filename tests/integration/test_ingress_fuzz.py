@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import structlog
 
-from podpost import bus
-from podpost import settings as settings_mod
+from runtime import bus
+from runtime import settings as settings_mod
 from tests.support import ingress as support
 from tests.support import relay, smtpfuzz
 

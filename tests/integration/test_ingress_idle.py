@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from podpost import bus, settings
+from runtime import bus, settings
 from tests.support import ingress as support
 from tests.support import relay, smtpfuzz
 

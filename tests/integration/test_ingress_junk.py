@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from podpost import bus, settings
+from runtime import bus, settings
 from tests.support import ingress as support
 
 GOOD = b"From: app@example.com\r\n\r\nstill fine\r\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from podpost import bus, settings
+from runtime import bus, settings
 from tests.support import ingress as support
 
 

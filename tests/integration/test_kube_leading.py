@@ -10,8 +10,8 @@ from pathlib import Path
 import kmock
 import pytest
 
-from podpost import settings
 from reconciler import kubeapi, leading
+from runtime import settings
 from tests.support import kubeapi as fake
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import kmock
 import pytest
 
-from podpost import settings
-from reconciler import inventory, kubeapi, watching
+from reconciler import kubeapi, watching
+from reconciler.rules import inventory
+from runtime import settings
 from tests.support import kubeapi as fake
 
 

@@ -17,8 +17,9 @@ import nats.js.errors
 import pytest
 import yaml
 
-from podpost import bus, settings
-from reconciler import building, kubeapi, kubesource
+from reconciler import kubeapi, kubesource
+from reconciler.rules import building
+from runtime import bus, settings
 from schemas import snapshot
 from tests.support import ingress as ingress_support
 from tests.support import kubeapi as fake

@@ -18,8 +18,9 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
-from podpost import bus, natsauth, natsserver, settings
+from podpost import natsconfig, natsserver
 from reconciler import main as reconciler_main
+from runtime import bus, settings
 from schemas import events, names, snapshot
 from tests.support import dispatching as d
 from tests.support import ingress as ingress_support
@@ -37,17 +38,17 @@ class Secured(msgspec.Struct):
 
     def settings(self, role: str) -> settings.NatsSettings:
         return settings.NatsSettings(url=self.server.url, prefix=BUS.prefix,
-                                     user=natsauth.user_name(BUS, role),
+                                     user=natsconfig.user_name(BUS, role),
                                      password=self.passwords[role])
 
 
 @pytest.fixture
 async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     """A nats-server running the generated authorization block, fresh passwords per test."""
-    passwords = {role: secrets.token_urlsafe(16) for role in natsauth.ROLES}
+    passwords = {role: secrets.token_urlsafe(16) for role in natsconfig.ROLES}
     config = tmp_path / "auth.conf"
-    config.write_text(natsauth.server_config(
-        BUS, {r: natsauth.Literal(p) for r, p in passwords.items()}))
+    config.write_text(natsconfig.server_config(
+        BUS, {r: natsconfig.Literal(p) for r, p in passwords.items()}))
     async with natsserver.running(tmp_path / "nats", config_file=config) as server:
         yield Secured(server=server, passwords=passwords)
 
@@ -80,9 +81,9 @@ async def raw(secured: Secured, role: str) -> AsyncIterator[Raw]:
         seen.append(str(exc))
 
     nc = await nats.connect(
-        secured.server.url, user=natsauth.user_name(BUS, role),
+        secured.server.url, user=natsconfig.user_name(BUS, role),
         password=secured.passwords[role], error_cb=on_error, allow_reconnect=False,
-        inbox_prefix=natsauth.inbox_prefix(BUS, role))
+        inbox_prefix=names.inbox_prefix(BUS, role))
     try:
         yield Raw(nc=nc, errors=seen)
     finally:
@@ -135,7 +136,7 @@ async def test_ingress_publishes_mail_and_reads_policy_but_never_credentials(
                 'Publish to "$JS.API.STREAM.CREATE.MINE"')
 
             # Subscriptions: the live puts of the bucket, and everyone's inboxes.
-            for subject in (f"$KV.{cred}.>", "_INBOX.>", natsauth.inbox_prefix(
+            for subject in (f"$KV.{cred}.>", "_INBOX.>", names.inbox_prefix(
                     BUS, "dispatcher") + ".>"):
                 got: list[bytes] = []
 
@@ -223,7 +224,7 @@ async def test_a_wrong_password_is_refused(secured: Secured) -> None:
     nc = Client()
     try:
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            await nc.connect(secured.server.url, user=natsauth.user_name(BUS, "ingress"),
+            await nc.connect(secured.server.url, user=natsconfig.user_name(BUS, "ingress"),
                              password=secured.passwords["admin"], allow_reconnect=False,
                              max_reconnect_attempts=0, connect_timeout=2)
     finally:
@@ -306,10 +307,10 @@ async def test_each_real_role_does_its_job_as_its_own_user(
                 await d.eventually(lambda: bool(d.of_kind(seen, events.Delivered)))
                 mail_id = reply.removeprefix("2.0.0 queued as ").strip()
                 await d.eventually(lambda: _body_gone(admin, mail_id))
-                bodies = await admin.js.stream_info(natsauth.obj_stream(BUS.bodies_bucket))
+                bodies = await admin.js.stream_info(natsconfig.obj_stream(BUS.bodies_bucket))
                 assert bodies.state.last_seq > 0  # the body was stored, then deleted
-                rates = await admin.js.stream_info(natsauth.kv_stream(
-                    natsauth.rates_bucket(BUS)))
+                rates = await admin.js.stream_info(natsconfig.kv_stream(
+                    natsconfig.rates_bucket(BUS)))
                 assert rates.state.last_seq > 0  # the policy's rate limit was counted
         assert received[0].login == "robot"
         assert received[0].data.endswith(b"0123456789abcdef\r\n" * 512)

@@ -12,8 +12,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from dispatcher import pool
-from dispatcher.outcome import Outcome
-from podpost import settings
+from dispatcher.rules.outcome import Outcome
+from runtime import settings
 from schemas import snapshot
 from tests.support import upstream as upstream_mod
 

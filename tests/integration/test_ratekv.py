@@ -8,8 +8,9 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
+from admin import inspecting
 from dispatcher import ratekv
-from podpost import bus, inspecting, settings
+from runtime import bus, settings
 from schemas import rates, snapshot
 
 POLICY = "apps/web"

@@ -15,8 +15,9 @@ import nats.js.errors
 import pytest
 import structlog
 
-from podpost import bus, settings
-from reconciler import building, filesource, main, publishing
+from reconciler import filesource, main, publishing
+from reconciler.rules import building
+from runtime import bus, settings
 from schemas import snapshot
 
 PASSWORD = "planted-Pa55word-never-logged"

@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 import msgspec
 import nats.js.errors
 
-from podpost import bus, inspecting, purging, replaying, reports
+from admin import inspecting, purging, replaying
+from admin.rules import reports
+from runtime import bus
 from schemas import mail
 from tests.support import dispatching as d
 

@@ -16,9 +16,9 @@ import pytest
 import trustme
 
 from dispatcher import sending
-from dispatcher.outcome import Outcome
-from podpost import settings
-from reconciler import building
+from dispatcher.rules.outcome import Outcome
+from reconciler.rules import building
+from runtime import settings
 from schemas import resources, snapshot
 from tests.support import upstream as upstream_mod
 

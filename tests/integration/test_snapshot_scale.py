@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from podpost import bus, policies
-from reconciler import building, publishing
+from reconciler import publishing
+from reconciler.rules import building
+from runtime import bus, policies
 from schemas import snapshot
 
 

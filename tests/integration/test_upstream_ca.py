@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 import pytest
 import trustme
 
-from podpost import bus, settings
-from reconciler import building, documents, publishing
+from reconciler import publishing
+from reconciler.rules import building, documents
+from runtime import bus, settings
 from schemas import events, snapshot
 from tests.support import dispatching as d
 from tests.support import upstream as upstream_mod

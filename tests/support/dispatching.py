@@ -15,7 +15,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from dispatcher import main as dispatcher_main
-from podpost import bus, settings
+from runtime import bus, settings
 from schemas import events, mail, snapshot
 from tests.support import upstream as upstream_mod
 

@@ -20,7 +20,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from ingress import main as ingress_main
-from podpost import bus, settings
+from runtime import bus, settings
 from schemas import events, mail
 from schemas.snapshot import PolicySnapshot, PolicyView, Route, snapshot_encoder
 

@@ -1,5 +1,5 @@
 """Talk to a podpost health server like kubelet and Prometheus do: one GET per connection,
-and the ``/metrics`` text parsed into ``{series: value}`` (`podpost.metrics.samples`)."""
+and the ``/metrics`` text parsed into ``{series: value}`` (`runtime.metrics.samples`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 
-from podpost import metrics
+from runtime import metrics
 
 
 async def get(port: int, path: str, *, method: str = "GET", host: str = "127.0.0.1",

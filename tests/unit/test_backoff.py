@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher import backoff
+from dispatcher.rules import backoff
 from schemas import snapshot
 
 POSTFIX = snapshot.RetryPolicy()  # 300 s .. 4020 s, 5 days

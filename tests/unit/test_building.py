@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler import building
+from reconciler.rules import building
 from schemas import names, resources, snapshot
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher import backoff, classify
-from dispatcher.outcome import Failure, Outcome, RcptResult
+from dispatcher.rules import backoff, classify
+from dispatcher.rules.outcome import Failure, Outcome, RcptResult
 from schemas import snapshot
 
 Fate = classify.Fate

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from podpost import settings
-from reconciler import building, documents
+from reconciler.rules import building, documents
+from runtime import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
@@ -162,8 +162,8 @@ def test_the_dev_policy_ships_inside_the_package() -> None:
     relative = path.relative_to(ROOT / "podpost" / "data").as_posix()
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
         "tool"]["setuptools"]
-    assert "podpost.data" in setuptools["packages"]
-    patterns = setuptools["package-data"]["podpost.data"]
+    assert "runtime.data" in setuptools["packages"]
+    patterns = setuptools["package-data"]["runtime.data"]
     assert any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns), patterns
     assert not (ROOT / "deploy" / "examples" / "dev.yaml").exists()  # one copy, no drift
 

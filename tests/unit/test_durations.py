@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from podpost import durations
+from schemas import durations
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

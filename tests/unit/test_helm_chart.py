@@ -13,7 +13,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from podpost import natsauth, settings
+from podpost import natsconfig
+from runtime import settings
 from schemas import names
 from tests.support import helmrender
 
@@ -193,7 +194,7 @@ def test_every_role_gets_settings_podpost_accepts(
         # Helm prints big numbers from values as float64s (2.62144e+07) unless piped to int.
         assert not [v for v in env.values() if re.fullmatch(r"[\d.]+e[+-]\d+", v)], env
         cfg = settings.load(env)
-        assert cfg.nats.user == natsauth.user_name(names.Bus(prefix=cfg.nats.prefix), role)
+        assert cfg.nats.user == natsconfig.user_name(names.Bus(prefix=cfg.nats.prefix), role)
         password = next(e for e in container["env"] if e["name"] == "PODPOST_NATS__PASSWORD")
         assert password["valueFrom"]["secretKeyRef"] == {"name": "podpost-nats-users",
                                                          "key": role}
@@ -344,7 +345,7 @@ def test_nats_is_a_pinned_jetstream_cluster_with_the_generated_users() -> None:
     assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3}
     assert nats["config"]["jetstream"]["enabled"] is True
     assert values["bus"]["replicas"] == 3
-    generated = natsauth.helm_values(names.Bus(prefix=values["bus"]["prefix"]),
+    generated = natsconfig.helm_values(names.Bus(prefix=values["bus"]["prefix"]),
                                      values["natsAuth"]["secretName"])
     assert nats["config"]["merge"] == generated["config"]["merge"]
     assert nats["container"]["env"] == generated["container"]["env"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingress import admission, replies, routing
+from ingress.rules import admission, replies, routing
 from schemas.snapshot import PolicySnapshot, PolicyView, Route
 
 OPEN = PolicyView(key="apps/open", upstream="mail/relay")

@@ -9,7 +9,7 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingress import dataphase
+from ingress.rules import dataphase
 from ingress.sessions import read_data
 
 MAX_LINE = dataphase.MAX_LINE

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingress import headers
+from ingress.rules import headers
 
 AT = datetime(2025, 4, 1, 10, 0, 0, tzinfo=UTC)
 

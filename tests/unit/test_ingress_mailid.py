@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingress import mailid
+from ingress.rules import mailid
 
 BASE = ("app@example.com", ["a@x.test", "b@x.test"], b"Subject: hi\r\n\r\nbody\r\n")
 

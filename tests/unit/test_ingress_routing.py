@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingress import routing
+from ingress.rules import routing
 from schemas.snapshot import Route
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingress import senders
+from ingress.rules import senders
 
 
 @pytest.mark.parametrize(

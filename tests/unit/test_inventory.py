@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from reconciler import inventory
+from reconciler.rules import inventory
 from schemas import resources
 from tests.support import kubeapi as fake
 

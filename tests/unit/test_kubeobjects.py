@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler import kubeobjects
+from reconciler.rules import kubeobjects
 
 
 def _pod(name: str = "p", *, phase: str = "Running", ip: str | None = "10.0.0.1",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from dispatcher import classify, ledger
-from dispatcher.outcome import Outcome, RcptResult
+from dispatcher.rules import classify, ledger
+from dispatcher.rules.outcome import Outcome, RcptResult
 from schemas import mail, snapshot
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher import limiting
+from dispatcher.rules import limiting
 from schemas import names, rates, snapshot
 
 MINUTE = snapshot.RateLimit(maximum=10, period_s=60.0)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler import matching
+from reconciler.rules import matching
 from schemas import resources
 
 

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from podpost import cli, natsauth
+from podpost import cli, natsconfig
 from schemas import names
 
 PREFIXES = ["podpost", "mail-a"]
 
 
 def _reads_credentials(bus: names.Bus, subject: str) -> bool:
-    stream = natsauth.kv_stream(bus.credentials_bucket)
+    stream = natsconfig.kv_stream(bus.credentials_bucket)
     return (subject.startswith((f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}",
                                 f"$JS.API.CONSUMER.CREATE.{stream}"))
             or subject in (">", "$JS.API.>", f"$KV.{bus.credentials_bucket}.>"))
@@ -30,9 +30,9 @@ def test_only_dispatchers_and_the_reconciler_can_read_credentials(prefix: str) -
     bus = names.Bus(prefix=prefix)
     readers = {role for role in ("ingress", "dispatcher", "reconciler")
                if any(_reads_credentials(bus, s)
-                      for s in natsauth.permissions(bus, role).publish_allow)}
+                      for s in natsconfig.permissions(bus, role).publish_allow)}
     assert readers == {"dispatcher", "reconciler"}
-    denied = natsauth.permissions(bus, "ingress").publish_deny
+    denied = natsconfig.permissions(bus, "ingress").publish_deny
     assert f"$JS.API.STREAM.MSG.GET.KV_{bus.credentials_bucket}" in denied
     assert f"$JS.API.DIRECT.GET.KV_{bus.credentials_bucket}.>" in denied
 
@@ -45,8 +45,8 @@ def test_only_the_reconciler_writes_policy_and_credentials_or_changes_the_layout
     reconciler's allow list only (and the admin's ``>``)."""
     bus = names.Bus(prefix=prefix)
     owned = {f"$KV.{bus.policy_bucket}.>", f"$KV.{bus.credentials_bucket}.>"}
-    for role in natsauth.ROLES:
-        allow = set(natsauth.permissions(bus, role).publish_allow)
+    for role in natsconfig.ROLES:
+        allow = set(natsconfig.permissions(bus, role).publish_allow)
         manages = any(re.match(r"\$JS\.API\.STREAM\.(CREATE|UPDATE|DELETE)\.", s) for s in allow)
         if role == "reconciler":
             assert owned <= allow and manages
@@ -62,9 +62,9 @@ def test_api_access_is_per_stream_and_replies_per_role(prefix: str) -> None:
     the installation's streams (or lists stream names), and each subscribes only to its
     own inbox prefix, the one `bus` connects with."""
     bus = names.Bus(prefix=prefix)
-    streams = natsauth.owned_streams(bus)
+    streams = natsconfig.owned_streams(bus)
     for role in ("ingress", "dispatcher", "reconciler"):
-        perms = natsauth.permissions(bus, role)
+        perms = natsconfig.permissions(bus, role)
         for subject in perms.publish_allow:
             if subject.startswith("$JS."):
                 assert subject == "$JS.API.STREAM.NAMES" or any(
@@ -74,14 +74,14 @@ def test_api_access_is_per_stream_and_replies_per_role(prefix: str) -> None:
                 assert (f"{bus.mail_stream.removesuffix('_MAIL')}_" in subject
                         or subject.startswith(f"{prefix}.mail.")), subject
         assert perms.subscribe_allow == (f"_INBOX.{prefix}.{role}.>",)
-        assert natsauth.inbox_prefix(bus, role) == f"_INBOX.{prefix}.{role}"
-    assert natsauth.inbox_prefix(bus, "Not A Role!") == f"_INBOX.{prefix}.client"
+        assert names.inbox_prefix(bus, role) == f"_INBOX.{prefix}.{role}"
+    assert names.inbox_prefix(bus, "Not A Role!") == f"_INBOX.{prefix}.client"
 
 
 def test_the_server_config_quotes_subjects_and_reads_missing_passwords_from_env() -> None:
     """Subjects are quoted (``$JS`` is no variable); a given password is written quoted,
     a missing one as ``$NATS_PASSWORD_<ROLE>``."""
-    text = natsauth.server_config(names.Bus(), {"ingress": natsauth.Literal('p"w')})
+    text = natsconfig.server_config(names.Bus(), {"ingress": natsconfig.Literal('p"w')})
     assert 'password: "p\\"w"' in text
     assert "password: $NATS_PASSWORD_DISPATCHER," in text
     assert '"$JS.API.STREAM.INFO.PODPOST_MAIL"' in text
@@ -101,13 +101,13 @@ def test_nats_config_command_prints_each_format() -> None:
                 for _ in range(2)]
     data = secrets_[0]["stringData"]
     assert secrets_[0]["metadata"]["namespace"] == "mail"
-    assert len({data[r] for r in natsauth.ROLES}) == 4
-    assert all(len(data[r]) >= 32 for r in natsauth.ROLES)
+    assert len({data[r] for r in natsconfig.ROLES}) == 4
+    assert all(len(data[r]) >= 32 for r in natsconfig.ROLES)
     assert data["ingress-user"] == "podpost-ingress"
     assert secrets_[1]["stringData"]["admin"] != data["admin"]
     values = yaml.safe_load(runner.invoke(
         cli.app, ["nats-config", "--format", "helm-values", "--prefix", "mail-a"]).output)
     users = values["config"]["merge"]["authorization"]["users"]
-    assert [u["user"] for u in users] == [f"mail-a-{r}" for r in natsauth.ROLES]
+    assert [u["user"] for u in users] == [f"mail-a-{r}" for r in natsconfig.ROLES]
     assert users[0]["password"] == "<< $NATS_PASSWORD_INGRESS >>"
     assert runner.invoke(cli.app, ["nats-config", "--format", "xml"]).exit_code == 2

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dispatcher import sampling
-from ingress import reasons, replies
-from podpost import health, metrics
+from ingress.rules import reasons, replies
+from runtime import health, metrics
 from schemas import names
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from podpost import reports
+from admin.rules import reports
 from schemas import mail, names, snapshot
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatcher import sending
-from dispatcher.outcome import Outcome
+from dispatcher.rules.outcome import Outcome
 
 
 def _wrapped_ssl_error() -> Exception:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from podpost import reports
+from admin.rules import reports
 from schemas import names, snapshot
 
 BUS = names.Bus(prefix="podpost")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from reconciler import inventory, statuses
+from reconciler.rules import inventory, statuses
 from schemas import resources, snapshot
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)

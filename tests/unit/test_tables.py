@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console, RenderableType
 
-from podpost import reports, tables
+from admin.rules import reports
+from podpost import tables
 from schemas import events, mail
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from podpost import timeline
+from admin.rules import timeline
 from schemas import events
 
 T0 = datetime(2025, 12, 1, 12, 0, tzinfo=UTC)

@@ -16,7 +16,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 
-from podpost import bus, metrics
+from runtime import bus, metrics
 from schemas import snapshot as snapshot_mod
 
 log = structlog.get_logger("podpost.policies")

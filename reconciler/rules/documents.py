@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from reconciler import building
+from reconciler.rules import building
 from schemas import resources
 
 KINDS: dict[str, tuple[str, type[Any]]] = {

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from reconciler import building, kubeobjects
+from reconciler.rules import building, kubeobjects
 from schemas import resources
 
 T = TypeVar("T", resources.EmailPolicy, resources.SMTPServer)

@@ -41,9 +41,8 @@ from typing import TypeVar
 
 import msgspec
 
-from podpost import durations
-from reconciler import matching
-from schemas import names, resources, snapshot
+from reconciler.rules import matching
+from schemas import durations, names, resources, snapshot
 
 ALLOWED_NAMESPACES_ANNOTATION = "podpost.dev/allowed-namespaces"
 PERIOD_S = {"minute": 60.0, "hour": 3600.0}

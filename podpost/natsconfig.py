@@ -23,7 +23,6 @@ Pure: this module builds data and text; `podpost nats-config` prints it.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -37,7 +36,6 @@ ROLES = ("ingress", "dispatcher", "reconciler", "admin")
 
 API = "$JS.API"
 
-_ROLE_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 class Permissions(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,14 +51,6 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     role: str
     user: str
     permissions: Permissions
-
-
-def inbox_prefix(bus: names.Bus, role: str) -> str:
-    """The reply-subject prefix of one role's connections: ``_INBOX.<prefix>.<role>``.
-
-    nats-py appends ``.<unique>`` to it for every request and push consumer."""
-    token = role if _ROLE_RE.match(role) else "client"
-    return f"_INBOX.{bus.prefix}.{token}"
 
 
 def user_name(bus: names.Bus, role: str) -> str:
@@ -178,7 +168,7 @@ def _secret_reads(bus: names.Bus) -> list[str]:
 def permissions(bus: names.Bus, role: str) -> Permissions:
     """The allow and deny lists of one role."""
     ensure = _info(owned_streams(bus))
-    inbox = inbox_prefix(bus, role) + ".>"
+    inbox = names.inbox_prefix(bus, role) + ".>"
     credentials = bus.credentials_bucket
     policy = bus.policy_bucket
     if role == "ingress":

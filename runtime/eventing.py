@@ -10,7 +10,7 @@ from __future__ import annotations
 import nats.errors
 import structlog
 
-from podpost import bus
+from runtime import bus
 from schemas import events
 
 log = structlog.get_logger("podpost.eventing")

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from dispatcher import classify
+from dispatcher.rules import classify
 from schemas import mail
 
 

@@ -44,7 +44,7 @@ class _Snapshot(Protocol):
 
 
 class SnapshotView(Protocol):
-    """What the snapshot collector reads: `podpost.policies.SnapshotHolder` is one."""
+    """What the snapshot collector reads: `runtime.policies.SnapshotHolder` is one."""
 
     @property
     def current(self) -> _Snapshot | None: ...
@@ -120,7 +120,7 @@ class Metrics:
             "podpost_ingress_accepted", "Mails persisted and answered 250 (duplicates too).",
             ["policy", "upstream"], registry=r)
         self.rejected = Counter(
-            "podpost_ingress_rejected", "Transactions refused, by reason (ingress.reasons).",
+            "podpost_ingress_rejected", "Transactions refused, by reason (ingress.rules.reasons).",
             ["reason", "policy"], registry=r)
 
         # dispatcher

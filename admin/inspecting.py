@@ -24,7 +24,8 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from podpost import bus, reports, timeline
+from admin.rules import reports, timeline
+from runtime import bus
 from schemas import events, mail, rates
 from schemas import snapshot as snapshot_mod
 

@@ -29,8 +29,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from podpost import natsauth
-from podpost import settings as settings_mod
+from runtime import settings as settings_mod
 from schemas import names
 
 log = structlog.get_logger("podpost.bus")
@@ -233,8 +232,8 @@ async def _connect_once(cfg: settings_mod.NatsSettings, role: str) -> Client:
         servers=servers,
         name=cfg.name or f"podpost-{role}",
         # Replies come back on a per-role prefix, so NATS permissions can keep one role
-        # from reading another's (see podpost.natsauth).
-        inbox_prefix=natsauth.inbox_prefix(names.Bus(prefix=cfg.prefix), role),
+        # from reading another's (see podpost.natsconfig).
+        inbox_prefix=names.inbox_prefix(names.Bus(prefix=cfg.prefix), role),
         connect_timeout=max(1, int(cfg.connect_timeout_s)),
         reconnect_time_wait=1,
         max_reconnect_attempts=-1,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from ingress import headers, replies, routing, senders
+from ingress.rules import headers, replies, routing, senders
 from schemas import snapshot
 
 

@@ -8,7 +8,7 @@ the unit tests feed each of them through `of`. Pure: no I/O.
 
 from __future__ import annotations
 
-from ingress import replies
+from ingress.rules import replies
 
 NO_SNAPSHOT = "no_snapshot"
 BROKER_UNAVAILABLE = "broker_unavailable"

@@ -30,7 +30,9 @@ import msgspec
 import nats.js.errors
 from nats.js.object_store import ObjectStore
 
-from podpost import bus, eventing, inspecting, purging, reports
+from admin import inspecting, purging
+from admin.rules import reports
+from runtime import bus, eventing
 from schemas import events, mail
 
 PUBLISH_TIMEOUT_S = 10.0

@@ -10,7 +10,7 @@ Kubernetes probes and Prometheus need three GET routes and nothing else, so this
   (`connected`: a live broker connection; `loaded`: a policy snapshot); a role the process
   runs but that has not registered yet (still connecting) is not ready, and neither is a
   process that is shutting down.
-- ``/metrics``: the Prometheus text format of `podpost.metrics.current`.
+- ``/metrics``: the Prometheus text format of `runtime.metrics.current`.
 
 Each connection answers one request and is closed. Requests are bounded in size (8 KiB of
 head) and time (5 s), and any connection still open when the server stops is cancelled.
@@ -26,8 +26,8 @@ from typing import Protocol
 
 import structlog
 
-from podpost import metrics
-from podpost import settings as settings_mod
+from runtime import metrics
+from runtime import settings as settings_mod
 
 log = structlog.get_logger("podpost.health")
 

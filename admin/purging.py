@@ -18,7 +18,9 @@ from datetime import datetime
 import msgspec
 import nats.js.errors
 
-from podpost import bus, eventing, inspecting, reports
+from admin import inspecting
+from admin.rules import reports
+from runtime import bus, eventing
 from schemas import events
 
 API_TIMEOUT_S = 10.0

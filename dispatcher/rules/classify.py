@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from dispatcher import backoff
-from dispatcher import outcome as outcome_mod
+from dispatcher.rules import backoff
+from dispatcher.rules import outcome as outcome_mod
 from schemas import snapshot
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from podpost import settings as settings_mod
+from runtime import settings as settings_mod
 
 _encoder = msgspec.json.Encoder()
 

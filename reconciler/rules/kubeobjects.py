@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from reconciler import building
+from reconciler.rules import building
 
 LIVE_PHASES = frozenset({"Pending", "Running"})
 

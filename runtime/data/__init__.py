@@ -1,3 +1,3 @@
 """Files that ship inside the podpost package (package data), so a wheel has them: the dev
 policy ``dev.yaml`` that ``podpost dev`` and the file source read by default
-(`podpost.settings.DEV_POLICY`)."""
+(`runtime.settings.DEV_POLICY`)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from reconciler import inventory
+from reconciler.rules import inventory
 from schemas import resources, snapshot
 
 PLURALS = {"EmailPolicy": "emailpolicies", "SMTPServer": "smtpservers"}
