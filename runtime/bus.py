@@ -30,12 +30,22 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from runtime import settings as settings_mod
-from schemas import names
+from schemas import mail, names
 
 log = structlog.get_logger("podpost.bus")
 
 DAY = 86400.0
 MAX_PAYLOAD_HINT = 1024 * 1024
+
+
+TRANSIENT: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSError)
+"""What a bus call raises when the broker is away, slow or restarting (nats-py's errors,
+JetStream's API errors among them, a deadline, a socket error): the one set every role
+catches around bus calls, to retry or to leave a message for redelivery. A site that
+means more spells it ``(*bus.TRANSIENT, Other)``."""
+
+
+_DEFAULT_DEADLINES = settings_mod.DeadlineSettings()
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class Conn:
     nc: Client
     js: JetStreamContext
     names: names.Bus
+    deadlines: settings_mod.DeadlineSettings = _DEFAULT_DEADLINES
+    """The network deadlines of `settings_mod.NatsSettings.deadlines`."""
 
 
 def stream_configs(
@@ -264,7 +276,8 @@ async def open_connection(
                         error=str(exc) or type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-    return Conn(nc=nc, js=nc.jetstream(timeout=10.0), names=names.Bus(prefix=cfg.prefix))
+    return Conn(nc=nc, js=nc.jetstream(timeout=cfg.deadlines.api_s),
+                names=names.Bus(prefix=cfg.prefix), deadlines=cfg.deadlines)
 
 
 async def _ensure_retrying(conn: Conn, replicas: int, attempts: int | None) -> None:
@@ -300,4 +313,21 @@ async def connect(
         yield conn
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.nc.close(), 5.0)
+            async with asyncio.timeout(conn.deadlines.close_s):
+                await conn.nc.close()
+
+
+async def read_body(store: ObjectStore, env: mail.Envelope, timeout_s: float) -> bytes | None:
+    """The stored message of an envelope: inline, or from the BODIES object store within
+    ``timeout_s``; None when it has none or its object is gone (never stored, or deleted).
+    Other broker errors (`TRANSIENT`) are the caller's to handle."""
+    if env.body is not None:
+        return env.body
+    if env.body_ref is None:
+        return None
+    try:
+        async with asyncio.timeout(timeout_s):
+            result = await store.get(env.body_ref.name)
+    except nats.js.errors.NotFoundError:  # ObjectNotFoundError, ObjectDeletedError
+        return None
+    return result.data or b""

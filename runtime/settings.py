@@ -27,6 +27,27 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
+class DeadlineSettings(_Section, frozen=True, kw_only=True):
+    """How long one network call to the bus may take: the one home of these deadlines,
+    carried by every `runtime.bus.Conn` as ``conn.deadlines``. A deadline ends a call the
+    broker does not answer (a restart, a lost leader); the caller then retries or leaves
+    the message to be redelivered, so a short one costs a retry, never a mail."""
+
+    api_s: float = 10.0
+    """A JetStream API request (stream and consumer info, message get and delete)."""
+    kv_s: float = 5.0
+    """A key-value get, put or delete."""
+    publish_s: float = 10.0
+    """Publishing what replaces or copies a message (a dead letter, caught mail, a replay)
+    until its PubAck. The ingress's own deadline is ``ingress.publish_timeout_s``."""
+    ack_s: float = 5.0
+    """The server's confirmation of an ack (``ack_sync``)."""
+    body_s: float = 60.0
+    """Reading or writing one body (up to 25 MiB) in the BODIES object store."""
+    close_s: float = 5.0
+    """Draining and closing a connection on the way out."""
+
+
 class NatsSettings(_Section, frozen=True, kw_only=True):
     url: str = "nats://127.0.0.1:4222"
     """Comma-separated server URLs. The default is the embedded server of ``podpost dev``."""
@@ -43,6 +64,8 @@ class NatsSettings(_Section, frozen=True, kw_only=True):
     """An NKey/JWT credentials file, when the server runs with accounts."""
     name: str = ""
     """Client name shown in the server's monitoring; the role's name when empty."""
+    deadlines: DeadlineSettings = DeadlineSettings()
+    """Network deadlines of bus calls (``PODPOST_NATS__DEADLINES__API_S`` ...)."""
 
 
 class IngressSettings(_Section, frozen=True, kw_only=True):
