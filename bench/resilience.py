@@ -37,26 +37,25 @@ sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
 
+from loadkit import inprocess, relay, scenarios, smtpfuzz  # noqa: E402
+from loadkit import upstream as upstream_mod  # noqa: E402
 from podpost import natsserver  # noqa: E402
 from runtime import bus, settings  # noqa: E402
-from tests.support import ingress as ingress_support  # noqa: E402
-from tests.support import relay, scenarios, smtpfuzz  # noqa: E402
-from tests.support import upstream as upstream_mod  # noqa: E402
 
 
 async def fuzz(dir: Path, scripts: int) -> dict[str, Any]:
     async with natsserver.running(dir / "nats") as server:
         nats = settings.NatsSettings(url=server.url)
         async with bus.connect(nats, "bench", attempts=3) as conn:
-            await ingress_support.put_snapshot(conn)
-            cfg = ingress_support.make_settings(nats, idle_timeout_s=1.0, max_sessions=400,
-                                               max_recipients=smtpfuzz.MAX_RECIPIENTS)
+            await inprocess.put_snapshot(conn)
+            cfg = inprocess.make_settings(nats, idle_timeout_s=1.0, max_sessions=400,
+                                          max_recipients=smtpfuzz.MAX_RECIPIENTS)
             started = time.monotonic()
             sessions = smtpfuzz.generate(scripts)
             generated_s = time.monotonic() - started
             tally = smtpfuzz.Tally(idle_timeout_s=1.0, huge_budget=200, stall_budget=500)
             with structlog.testing.capture_logs() as logs:
-                async with ingress_support.running(cfg) as ing:
+                async with inprocess.running(cfg) as ing:
                     rss_start = relay.rss_mib()
                     began = time.monotonic()
                     await smtpfuzz.run(ing.port, sessions, tally, 200)

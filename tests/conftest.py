@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from loadkit import upstream as upstream_mod
 from podpost import natsserver
 from runtime import bus, settings
-from tests.support import upstream as upstream_mod
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ import aiosmtplib
 import nats
 import nats.js.errors
 
+from loadkit import relay
+from loadkit import upstream as upstream_mod
 from podpost import natsserver
 from schemas import events, names, snapshot
-from tests.support import relay
-from tests.support import upstream as upstream_mod
 
 PASSWORD = "PLANTED-pw-5f3a9c1e"
 USER = "relay-user"

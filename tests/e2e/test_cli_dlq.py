@@ -12,11 +12,11 @@ import msgspec
 import nats.js.errors
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from schemas import events, mail
 from tests.support import cli
 from tests.support import dispatching as d
-from tests.support import upstream as upstream_mod
 
 UP = "mail/up"
 GOOD = "mail/good"

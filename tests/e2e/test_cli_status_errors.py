@@ -10,11 +10,11 @@ import msgspec
 import nats.js.errors
 
 from dispatcher import consumers
+from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from schemas import mail, rates, snapshot
 from tests.support import cli
 from tests.support import dispatching as d
-from tests.support import upstream as upstream_mod
 
 UP = "mail/up"
 POLICY = "apps/web"

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from loadkit import inprocess
+from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from schemas import events, names, snapshot
 from tests.support import cli
 from tests.support import dispatching as d
 from tests.support import ingress as ingress_mod
-from tests.support import upstream as upstream_mod
 
 POLICY = "apps/open"
 UP = "mail/relay"
@@ -31,9 +32,9 @@ async def test_trace_shows_a_retried_mail_from_accepted_to_delivered(
         upstreams={UP: d.upstream_view(UP, upstream)},
         routes=[snapshot.Route(network="127.0.0.1/32", policy=POLICY, source="pod:apps/a")],
         source="test")
-    await ingress_mod.put_snapshot(conn, snap)
+    await inprocess.put_snapshot(conn, snap)
     async with d.recording_events(conn) as seen, d.dispatcher(d.config(nats_settings)), \
-            ingress_mod.running(ingress_mod.make_settings(nats_settings)) as ingress:
+            inprocess.running(inprocess.make_settings(nats_settings)) as ingress:
         reply = await ingress_mod.send(ingress, "app@example.org", ["you@example.org"],
                                        MESSAGE)
         mail_id = reply.rsplit(" ", 1)[-1]

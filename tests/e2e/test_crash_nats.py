@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support import relay, scenarios
+from loadkit import relay, scenarios
 
 MESSAGES = 2000
 SESSIONS = 40

@@ -23,10 +23,10 @@ from typing import Any
 
 import aiosmtplib
 
+from loadkit import upstream as upstream_mod
 from podpost import natsserver
 from runtime import metrics
 from tests.support import probing
-from tests.support import upstream as upstream_mod
 
 UPSTREAM = "dev/relay"
 POLICY = "dev/app"

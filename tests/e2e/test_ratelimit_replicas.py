@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from schemas import rates, snapshot
 from tests.support import dispatching as d
-from tests.support import upstream as upstream_mod
 
 PODPOST = str(Path(sys.executable).parent / "podpost")
 N = 4

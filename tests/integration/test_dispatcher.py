@@ -13,10 +13,10 @@ import nats.js.errors
 import pytest
 from nats.js.object_store import ObjectStore
 
+from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from schemas import events, mail, names, snapshot
 from tests.support import dispatching as d
-from tests.support import upstream as upstream_mod
 
 UP = "mail/up"
 POLICY = "apps/web"

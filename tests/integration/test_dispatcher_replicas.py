@@ -9,9 +9,9 @@ from typing import Any
 import nats.js.errors
 import pytest
 
+from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from tests.support import dispatching as d
-from tests.support import upstream as upstream_mod
 
 
 class _Peers(upstream_mod.Handler):

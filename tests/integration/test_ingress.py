@@ -11,10 +11,11 @@ import pytest
 import structlog
 
 from ingress.rules import headers, mailid
+from loadkit import inprocess
+from loadkit.inprocess import HOSTNAME, NET, OPEN, STRICT
 from runtime import bus, settings
 from schemas import events
 from tests.support import ingress as support
-from tests.support.ingress import HOSTNAME, NET, OPEN, STRICT
 
 MESSAGE = (
     b"From: App <app@example.com>\r\n"
@@ -30,13 +31,13 @@ MESSAGE = (
 @pytest.fixture
 async def ingress(
     conn: bus.Conn, nats_settings: settings.NatsSettings
-) -> AsyncIterator[support.Ingress]:
-    await support.put_snapshot(conn)
-    async with support.running(support.make_settings(nats_settings)) as running:
+) -> AsyncIterator[inprocess.Ingress]:
+    await inprocess.put_snapshot(conn)
+    async with inprocess.running(inprocess.make_settings(nats_settings)) as running:
         yield running
 
 
-async def test_ehlo_advertises_size_8bitmime_and_smtputf8(ingress: support.Ingress) -> None:
+async def test_ehlo_advertises_size_8bitmime_and_smtputf8(ingress: inprocess.Ingress) -> None:
     """EHLO offers SIZE with the global limit, 8BITMIME and SMTPUTF8."""
     client = ingress.client()
     async with client:
@@ -48,7 +49,7 @@ async def test_ehlo_advertises_size_8bitmime_and_smtputf8(ingress: support.Ingre
 
 
 async def test_a_mail_is_queued_with_trace_headers_and_an_accepted_event(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """250 2.0.0 with the content-derived id, after one envelope was stored on the policy's
     subject; the message gets Received, Message-ID and Date in front of the bytes sent."""
@@ -85,7 +86,7 @@ async def test_a_mail_is_queued_with_trace_headers_and_an_accepted_event(
 
 
 async def test_message_id_and_date_present_are_kept(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """A message with Message-ID and Date only gets a Received field in front."""
     data = (b"Message-ID: <own@example.com>\r\nDate: Mon, 31 Mar 2025 00:00:00 +0000\r\n"
@@ -100,7 +101,7 @@ async def test_message_id_and_date_present_are_kept(
 
 
 async def test_the_same_transaction_twice_is_stored_once(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """A retried transaction gets the same id and 250, and JetStream keeps one copy; the
     second Accepted event says duplicate."""
@@ -115,7 +116,7 @@ async def test_the_same_transaction_twice_is_stored_once(
 
 
 async def test_a_cidr_route_admits_its_clients(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """A client inside a static CIDR gets that route's policy and upstream."""
     await support.send(ingress, "x@y.test", ["z@y.test"], MESSAGE, source="127.0.3.7")
@@ -126,7 +127,7 @@ async def test_a_cidr_route_admits_its_clients(
 
 
 async def test_no_policy_for_the_client_ip_is_550_naming_it_and_stores_nothing(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """An address no route covers is refused at MAIL with 550 5.7.1 naming the IP."""
     with structlog.testing.capture_logs() as logs:
@@ -151,7 +152,7 @@ async def test_no_policy_for_the_client_ip_is_550_naming_it_and_stores_nothing(
 
 
 async def test_a_sender_the_policy_does_not_allow_is_550(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """The envelope sender must match the policy's allowed_senders."""
     with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
@@ -173,7 +174,7 @@ async def test_a_sender_the_policy_does_not_allow_is_550(
     ],
 )
 async def test_a_from_header_the_policy_does_not_allow_is_550_at_data(
-    ingress: support.Ingress, conn: bus.Conn, sender: str, from_line: bytes, reply: str
+    ingress: inprocess.Ingress, conn: bus.Conn, sender: str, from_line: bytes, reply: str
 ) -> None:
     """Every From: address must match allowed_senders too; checked at DATA."""
     data = from_line + b"Subject: x\r\n\r\nbody\r\n"
@@ -184,7 +185,7 @@ async def test_a_from_header_the_policy_does_not_allow_is_550_at_data(
 
 
 async def test_an_allowed_sender_and_from_are_queued(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """A strict policy queues mail whose sender and From: both match."""
     data = b"From: Any <someone@Example.ORG>\r\n\r\nbody\r\n"
@@ -201,7 +202,7 @@ async def test_an_allowed_sender_and_from_are_queued(
      ("127.0.0.2", 4097, 4096)],  # over the policy's own limit
 )
 async def test_a_declared_size_over_the_limit_is_552_at_mail(
-    ingress: support.Ingress, conn: bus.Conn, source: str, size: int, limit: int
+    ingress: inprocess.Ingress, conn: bus.Conn, source: str, size: int, limit: int
 ) -> None:
     """SIZE= over the limit is refused with 552 5.3.4 before any data is sent."""
     client = ingress.client(source)
@@ -217,7 +218,7 @@ async def test_a_declared_size_over_the_limit_is_552_at_mail(
 @pytest.mark.parametrize(("source", "size"), [("127.0.0.1", 25 * 1024 * 1024 + 1000),
                                               ("127.0.0.2", 5000)])
 async def test_data_over_the_limit_without_size_is_552(
-    ingress: support.Ingress, conn: bus.Conn, source: str, size: int
+    ingress: inprocess.Ingress, conn: bus.Conn, source: str, size: int
 ) -> None:
     """A client that does not declare its size still gets 552 5.3.4 when DATA exceeds the
     limit, and the session stays usable."""
@@ -242,9 +243,9 @@ async def test_more_recipients_than_allowed_is_452_and_the_rest_are_queued(
     conn: bus.Conn, nats_settings: settings.NatsSettings
 ) -> None:
     """Beyond max_recipients each RCPT gets 452 4.5.3; the accepted ones are queued."""
-    await support.put_snapshot(conn)
-    cfg = support.make_settings(nats_settings, max_recipients=3)
-    async with support.running(cfg) as ingress:
+    await inprocess.put_snapshot(conn)
+    cfg = inprocess.make_settings(nats_settings, max_recipients=3)
+    async with inprocess.running(cfg) as ingress:
         client = ingress.client()
         async with client:
             await client.mail("app@example.com")
@@ -263,7 +264,7 @@ async def test_no_snapshot_loaded_yet_is_451(
     conn: bus.Conn, nats_settings: settings.NatsSettings
 ) -> None:
     """Until the first snapshot arrives every transaction is told to retry: 451 4.3.0."""
-    async with support.running(support.make_settings(nats_settings)) as ingress:
+    async with inprocess.running(inprocess.make_settings(nats_settings)) as ingress:
         with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
             await support.send(ingress, "app@example.com", ["z@y.test"], MESSAGE)
     assert refused.value.code == 451
@@ -276,9 +277,9 @@ async def test_a_body_over_the_inline_limit_goes_to_the_object_store(
 ) -> None:
     """The envelope carries a BodyRef (name = mail id, size, sha256) and the object holds
     the whole stored message."""
-    await support.put_snapshot(conn)
+    await inprocess.put_snapshot(conn)
     data = MESSAGE + b"y" * 900 + b"\r\n"
-    async with support.running(support.make_settings(nats_settings, inline_limit=1024)) as ing:
+    async with inprocess.running(inprocess.make_settings(nats_settings, inline_limit=1024)) as ing:
         reply = await support.send(ing, "app@example.com", ["z@y.test"], data)
     [(_, envelope)] = await support.stored(conn)
     assert reply == f"2.0.0 queued as {envelope.id}"
@@ -291,7 +292,7 @@ async def test_a_body_over_the_inline_limit_goes_to_the_object_store(
 
 
 async def test_a_10_mib_message_is_stored_byte_identical(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """Ten MiB of 8-bit lines, some starting with a dot, come out exactly as sent, behind
     the prepended fields."""
@@ -311,7 +312,7 @@ async def test_a_10_mib_message_is_stored_byte_identical(
 
 
 async def test_ehlo_advertises_pipelining_and_a_pipelining_client_is_served_in_order(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """EHLO offers PIPELINING (RFC 2920), and a client that sends MAIL, two RCPTs and DATA
     in one write, then the body and QUIT in another, gets every reply in order and its mail

@@ -8,6 +8,7 @@ import aiosmtplib
 import nats.errors
 import pytest
 
+from loadkit import inprocess
 from podpost import natsserver
 from runtime import bus, settings
 from tests.support import ingress as support
@@ -20,9 +21,9 @@ async def test_broker_down_is_451_and_the_retry_after_it_is_back_is_stored_once(
 ) -> None:
     """With nats-server stopped the client gets 451 4.3.0; once it is back (same port and
     store) the same mail sent again is queued, and the MAIL stream holds it exactly once."""
-    await support.put_snapshot(conn)
-    cfg = support.make_settings(nats_settings, publish_timeout_s=0.5)
-    async with support.running(cfg) as ingress:
+    await inprocess.put_snapshot(conn)
+    cfg = inprocess.make_settings(nats_settings, publish_timeout_s=0.5)
+    async with inprocess.running(cfg) as ingress:
         await nats_server.stop()
         with pytest.raises(aiosmtplib.SMTPDataError) as refused:
             await support.send(ingress, "app@example.com", ["z@y.test"], MESSAGE)

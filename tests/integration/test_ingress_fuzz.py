@@ -1,7 +1,7 @@
 """10,000 generated SMTP sessions against one in-process ingress: no crash, no stuck
 session task, memory bounded, and nothing queued for a client no policy admits.
 
-The sessions come from `tests.support.smtpfuzz` (hypothesis, derandomized: 2,500 scripts,
+The sessions come from `loadkit.smtpfuzz` (hypothesis, derandomized: 2,500 scripts,
 each replayed in four client modes), 200 at a time over raw asyncio streams.
 `test_ingress_junk.py` checks single replies; this checks that nothing a client does in
 any order takes the server down.
@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import structlog
 
+from loadkit import inprocess, relay, smtpfuzz
 from runtime import bus
 from runtime import settings as settings_mod
 from tests.support import ingress as support
-from tests.support import relay, smtpfuzz
 
 SCRIPTS = 2_500
 SESSIONS = SCRIPTS * len(smtpfuzz.MODES)
@@ -31,17 +31,17 @@ WARMUP = 1000
 @pytest.fixture
 async def ingress(
     conn: bus.Conn, nats_settings: settings_mod.NatsSettings
-) -> AsyncIterator[support.Ingress]:
-    await support.put_snapshot(conn)
-    cfg = support.make_settings(nats_settings, idle_timeout_s=IDLE_TIMEOUT_S,
-                                max_sessions=CONCURRENCY * 2,
-                                max_recipients=smtpfuzz.MAX_RECIPIENTS)
-    async with support.running(cfg) as running:
+) -> AsyncIterator[inprocess.Ingress]:
+    await inprocess.put_snapshot(conn)
+    cfg = inprocess.make_settings(nats_settings, idle_timeout_s=IDLE_TIMEOUT_S,
+                                  max_sessions=CONCURRENCY * 2,
+                                  max_recipients=smtpfuzz.MAX_RECIPIENTS)
+    async with inprocess.running(cfg) as running:
         yield running
 
 
 async def test_ten_thousand_generated_sessions_never_take_the_ingress_down(
-    ingress: support.Ingress, conn: bus.Conn, record_property: Callable[[str, object], None]
+    ingress: inprocess.Ingress, conn: bus.Conn, record_property: Callable[[str, object], None]
 ) -> None:
     """Replaying 10,000 generated sessions, 200 at a time: every session ends (none is
     stuck), the server only ever sends whole reply lines, no session fails with an
@@ -94,7 +94,7 @@ async def test_ten_thousand_generated_sessions_never_take_the_ingress_down(
 
 
 async def test_a_helo_name_that_is_not_utf8_does_not_fail_the_sessions_mail(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """Found by the generator: aiosmtpd keeps a non-UTF-8 HELO name as surrogates, which
     the envelope's JSON cannot hold, so every mail of such a session got 451. The name is
@@ -115,7 +115,7 @@ async def test_a_helo_name_that_is_not_utf8_does_not_fail_the_sessions_mail(
 
 @pytest.mark.parametrize("line", [b"MAIL FROM:<", b"MAIL FROM:<@", b"RCPT TO:<"])
 async def test_a_lone_angle_bracket_is_a_malformed_address_not_an_internal_error(
-    ingress: support.Ingress, line: bytes
+    ingress: inprocess.Ingress, line: bytes
 ) -> None:
     """Found by the generator at 40,000 sessions: the stdlib's address parser raises
     IndexError on ``<`` alone, which became 451 and an error log with a traceback."""

@@ -7,9 +7,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from loadkit import inprocess, relay, smtpfuzz
 from runtime import bus, settings
 from tests.support import ingress as support
-from tests.support import relay, smtpfuzz
 
 IDLE = 1000
 IDLE_TIMEOUT_S = 6.0
@@ -20,7 +20,7 @@ def _session_tasks() -> int:
     return len(smtpfuzz.session_tasks())
 
 
-async def _idle_client(ingress: support.Ingress) -> support.Raw:
+async def _idle_client(ingress: inprocess.Ingress) -> support.Raw:
     raw = await support.Raw.attempt(ingress)
     assert isinstance(raw, support.Raw), raw
     return raw
@@ -33,10 +33,10 @@ async def test_a_thousand_idle_connections_neither_block_the_ingress_nor_stay(
     """With 1,000 clients connected and silent, a new client's mail is queued and a NOOP on
     one of the idle sessions is answered; then the idle timeout closes every one of them
     (the server sends EOF) and no session task is left."""
-    await support.put_snapshot(conn)
-    cfg = support.make_settings(nats_settings, idle_timeout_s=IDLE_TIMEOUT_S,
-                                max_sessions=IDLE + 100)
-    async with support.running(cfg) as ing:
+    await inprocess.put_snapshot(conn)
+    cfg = inprocess.make_settings(nats_settings, idle_timeout_s=IDLE_TIMEOUT_S,
+                                  max_sessions=IDLE + 100)
+    async with inprocess.running(cfg) as ing:
         rss_before = relay.rss_mib()
         started = time.monotonic()
         gate = asyncio.Semaphore(100)
@@ -91,8 +91,8 @@ async def test_a_slow_but_steady_data_transfer_outlasts_the_idle_timeout(
     """Found here: the idle timeout restarted only per command, so a DATA transfer longer
     than idle_timeout_s was cut while its lines kept coming. A line every 0.3 s for 2.4 s
     with a 1 s timeout is now queued; a client silent mid-DATA is still cut."""
-    await support.put_snapshot(conn)
-    async with support.running(support.make_settings(nats_settings, idle_timeout_s=1.0)) as ing:
+    await inprocess.put_snapshot(conn)
+    async with inprocess.running(inprocess.make_settings(nats_settings, idle_timeout_s=1.0)) as ing:
         steady = await support.Raw.connect(ing)
         silent = await support.Raw.connect(ing)
         try:

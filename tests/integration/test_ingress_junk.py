@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from loadkit import inprocess
 from runtime import bus, settings
 from tests.support import ingress as support
 
@@ -15,13 +16,13 @@ GOOD = b"From: app@example.com\r\n\r\nstill fine\r\n"
 @pytest.fixture
 async def ingress(
     conn: bus.Conn, nats_settings: settings.NatsSettings
-) -> AsyncIterator[support.Ingress]:
-    await support.put_snapshot(conn)
-    async with support.running(support.make_settings(nats_settings)) as running:
+) -> AsyncIterator[inprocess.Ingress]:
+    await inprocess.put_snapshot(conn)
+    async with inprocess.running(inprocess.make_settings(nats_settings)) as running:
         yield running
 
 
-async def _still_serving(ingress: support.Ingress, conn: bus.Conn) -> None:
+async def _still_serving(ingress: inprocess.Ingress, conn: bus.Conn) -> None:
     reply = await support.send(ingress, "app@example.com", ["z@y.test"], GOOD)
     assert reply.startswith("2.0.0 queued as ")
     [(_, envelope)] = await support.stored(conn)
@@ -43,7 +44,7 @@ async def _still_serving(ingress: support.Ingress, conn: bus.Conn) -> None:
     ],
 )
 async def test_junk_commands_get_an_error_and_the_session_goes_on(
-    ingress: support.Ingress, conn: bus.Conn, line: bytes, reply: bytes
+    ingress: inprocess.Ingress, conn: bus.Conn, line: bytes, reply: bytes
 ) -> None:
     """Each bad command is answered with an error; the same session then still works, and
     so does the server."""
@@ -58,7 +59,7 @@ async def test_junk_commands_get_an_error_and_the_session_goes_on(
 
 
 async def test_nul_bytes_and_a_huge_line_inside_data(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """A DATA line over 1000 bytes is refused with 500 5.5.2 and nothing is stored; NUL
     bytes in a normal line are kept as sent."""
@@ -82,7 +83,7 @@ async def test_nul_bytes_and_a_huge_line_inside_data(
 
 
 async def test_an_abrupt_disconnect_mid_data_stores_nothing(
-    ingress: support.Ingress, conn: bus.Conn
+    ingress: inprocess.Ingress, conn: bus.Conn
 ) -> None:
     """A client that vanishes in the middle of DATA leaves nothing behind; others go on."""
     raw = await support.Raw.connect(ingress)
@@ -96,7 +97,7 @@ async def test_an_abrupt_disconnect_mid_data_stores_nothing(
     await _still_serving(ingress, conn)
 
 
-async def test_too_many_unknown_commands_end_the_session(ingress: support.Ingress,
+async def test_too_many_unknown_commands_end_the_session(ingress: inprocess.Ingress,
                                                          conn: bus.Conn) -> None:
     """A client sending only garbage is cut off after a few tries, and the server lives."""
     raw = await support.Raw.connect(ingress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from loadkit import inprocess
 from runtime import bus, settings
 from tests.support import ingress as support
 
@@ -14,8 +15,8 @@ async def test_sessions_beyond_the_cap_get_421_and_a_freed_slot_is_reused(
 ) -> None:
     """With max_sessions=2 a third connection is told 421 4.3.2 and closed; once one of
     the two leaves, a new client is served."""
-    await support.put_snapshot(conn)
-    async with support.running(support.make_settings(nats_settings, max_sessions=2)) as ing:
+    await inprocess.put_snapshot(conn)
+    async with inprocess.running(inprocess.make_settings(nats_settings, max_sessions=2)) as ing:
         first = await support.Raw.connect(ing)
         second = await support.Raw.connect(ing)
         assert await support.Raw.attempt(ing) == (
@@ -37,8 +38,8 @@ async def test_an_idle_client_is_disconnected(
     conn: bus.Conn, nats_settings: settings.NatsSettings
 ) -> None:
     """A session silent for idle_timeout_s is closed by the server."""
-    cfg = support.make_settings(nats_settings, idle_timeout_s=0.3)
-    async with support.running(cfg) as ing:
+    cfg = inprocess.make_settings(nats_settings, idle_timeout_s=0.3)
+    async with inprocess.running(cfg) as ing:
         raw = await support.Raw.connect(ing)
         started = time.monotonic()
         assert await raw.reply() == b""
@@ -51,8 +52,8 @@ async def test_stop_closes_idle_sessions_and_lets_a_transaction_finish(
 ) -> None:
     """On stop an idle session gets 421 at once; one inside a transaction may finish it
     (250, then 421); new connections are refused and serve returns."""
-    await support.put_snapshot(conn)
-    async with support.running(support.make_settings(nats_settings, grace_s=5.0)) as ing:
+    await inprocess.put_snapshot(conn)
+    async with inprocess.running(inprocess.make_settings(nats_settings, grace_s=5.0)) as ing:
         idle = await support.Raw.connect(ing)
         await idle.command(b"EHLO client.test")
         busy = await support.Raw.connect(ing)
@@ -82,8 +83,8 @@ async def test_stop_cuts_a_transaction_that_outlives_the_grace_period(
     conn: bus.Conn, nats_settings: settings.NatsSettings
 ) -> None:
     """A client still in DATA when grace_s runs out is closed and serve returns."""
-    await support.put_snapshot(conn)
-    async with support.running(support.make_settings(nats_settings, grace_s=0.3)) as ing:
+    await inprocess.put_snapshot(conn)
+    async with inprocess.running(inprocess.make_settings(nats_settings, grace_s=0.3)) as ing:
         slow = await support.Raw.connect(ing)
         await slow.command(b"EHLO client.test")
         await slow.command(b"MAIL FROM:<app@example.com>")
@@ -104,8 +105,8 @@ async def test_a_new_session_does_not_shrink_another_sessions_mail_limit(
 ) -> None:
     """EHLO grants MAIL room for SIZE= and SMTPUTF8 (RFC 1870, 6531); another client
     connecting meanwhile must not take that room away (aiosmtpd shares it by default)."""
-    await support.put_snapshot(conn)
-    async with support.running(support.make_settings(nats_settings)) as ing:
+    await inprocess.put_snapshot(conn)
+    async with inprocess.running(inprocess.make_settings(nats_settings)) as ing:
         first = await support.Raw.connect(ing)
         await first.command(b"EHLO client.test")
         second = await support.Raw.connect(ing)

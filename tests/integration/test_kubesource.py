@@ -17,6 +17,7 @@ import nats.js.errors
 import pytest
 import yaml
 
+from loadkit import inprocess
 from reconciler import kubeapi, kubesource
 from reconciler.rules import building
 from runtime import bus, settings
@@ -552,9 +553,9 @@ async def test_the_ingress_follows_a_pods_labels(
     await fake.create(cluster, fake.POLICIES, fake.policy("web", labels={"app": "web"}))
     start()
     await eventually(conn, lambda s: "127.0.0.7/32" in _routes(s), within=5.0)
-    cfg = ingress_support.make_settings(nats_settings)
+    cfg = inprocess.make_settings(nats_settings)
     data = b"From: app@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
-    async with ingress_support.running(cfg) as ingress:
+    async with inprocess.running(cfg) as ingress:
         reply = ""
         for _ in range(50):  # the ingress polls the snapshot: it may need a moment
             with contextlib.suppress(aiosmtplib.SMTPResponseException):

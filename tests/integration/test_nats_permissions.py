@@ -18,13 +18,14 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
+from loadkit import inprocess
+from loadkit import upstream as upstream_mod
 from podpost import natsconfig, natsserver
 from reconciler import main as reconciler_main
 from runtime import bus, settings
 from schemas import events, names, snapshot
 from tests.support import dispatching as d
 from tests.support import ingress as ingress_support
-from tests.support import upstream as upstream_mod
 
 BUS = names.Bus(prefix="podpost")
 CRED_KEY = "mail__relay-login"
@@ -99,7 +100,7 @@ async def _owner_setup(secured: Secured) -> bus.Conn:
         snapshot.Credentials(username="robot", password="s3cret")))
     policy = await bus.policy_kv(conn)
     await policy.put(BUS.snapshot_key, snapshot.snapshot_encoder.encode(
-        ingress_support.SNAPSHOT))
+        inprocess.SNAPSHOT))
     return conn
 
 
@@ -294,9 +295,9 @@ async def test_each_real_role_does_its_job_as_its_own_user(
                                         poll_interval_s=0.05, debounce_s=0.05))
         async with _reconciler(rec_cfg):
             await d.eventually(lambda: _has_snapshot(admin))
-            ing_cfg = ingress_support.make_settings(secured.settings("ingress"),
-                                                    inline_limit=1024)
-            async with (ingress_support.running(ing_cfg) as ing,
+            ing_cfg = inprocess.make_settings(secured.settings("ingress"),
+                                              inline_limit=1024)
+            async with (inprocess.running(ing_cfg) as ing,
                         d.recording_events(admin) as seen,
                         d.dispatcher(d.config(secured.settings("dispatcher")))):
                 reply = await ingress_support.send(ing, "app@example.org",

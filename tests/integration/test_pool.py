@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 
 from dispatcher import pool
 from dispatcher.rules.outcome import Outcome
+from loadkit import upstream as upstream_mod
 from runtime import settings
 from schemas import snapshot
-from tests.support import upstream as upstream_mod
 
 MAIL = b"From: app@example.org\r\nTo: you@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
 

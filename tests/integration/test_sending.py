@@ -17,10 +17,10 @@ import trustme
 
 from dispatcher import sending
 from dispatcher.rules.outcome import Outcome
+from loadkit import upstream as upstream_mod
 from reconciler.rules import building
 from runtime import settings
 from schemas import resources, snapshot
-from tests.support import upstream as upstream_mod
 
 MAIL = b"From: app@example.org\r\nTo: you@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
 USERS = {"alice": "s3cret-alice"}

@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 import pytest
 import trustme
 
+from loadkit import upstream as upstream_mod
 from reconciler import publishing
 from reconciler.rules import building, documents
 from runtime import bus, settings
 from schemas import events, snapshot
 from tests.support import dispatching as d
-from tests.support import upstream as upstream_mod
 
 SERVER = """\
 apiVersion: kube-mail.helmich.me/v1alpha1

@@ -15,9 +15,9 @@ import msgspec
 from nats.aio.msg import Msg
 
 from dispatcher import main as dispatcher_main
+from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from schemas import events, mail, snapshot
-from tests.support import upstream as upstream_mod
 
 FAST = snapshot.RetryOverride(min_delay_s=0.2, max_delay_s=0.5, max_age_s=3.0)
 """Retries within a second and giving up after three, so tests stay short."""

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from loadkit import jetstream
+from loadkit import relay as relay_mod
+from loadkit import upstream as upstream_mod
 from podpost import natsserver
 from schemas import names
-from tests.support import jetstream
-from tests.support import relay as relay_mod
-from tests.support import upstream as upstream_mod
 
 Breaker = Callable[[relay_mod.Relay, relay_mod.Load], Awaitable[dict[str, Any]]]
 

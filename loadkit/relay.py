@@ -34,9 +34,9 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from loadkit import upstream as upstream_mod
 from podpost import natsserver
 from schemas import names
-from tests.support import upstream as upstream_mod
 
 PODPOST = str(Path(sys.executable).parent / "podpost")
 SENDER = "load@example.com"

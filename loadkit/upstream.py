@@ -89,7 +89,7 @@ class Handler:
                 code = match.group(1)
                 return f"{code} {code[0]}.0.0 test upstream refuses data"
         if any(r.startswith("drop@") for r in rcpts):
-            assert server.transport is not None
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
             return "421 dropped"
         if any(r.startswith("slow@") for r in rcpts):

@@ -1,5 +1,5 @@
-"""Generated SMTP sessions for fuzzing the ingress: the test (`test_ingress_fuzz.py`) and
-``bench/resilience.py`` replay them.
+"""Generated SMTP sessions for fuzzing the ingress: the test
+(``tests/integration/test_ingress_fuzz.py``) and ``bench/resilience.py`` replay them.
 
 hypothesis (derandomized, so every run sends the same sessions) writes the session
 scripts: malformed and valid commands, lines up to 1 MiB, NUL and 8-bit bytes, DATA with
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 MIB = 1 << 20
 SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.0.9"]
 """Admitted by OPEN, by STRICT (senders restricted), and by no policy (in
-`tests.support.ingress.SNAPSHOT`)."""
+`loadkit.inprocess.SNAPSHOT`)."""
 BATCH = 50
 """Scripts per hypothesis example."""
 READ_TIMEOUT_S = 15.0
