@@ -62,7 +62,7 @@ class Conn:
 def stream_configs(
     bus: names.Bus, retention: names.Retention, replicas: int
 ) -> list[StreamConfig]:
-    """The three streams of DESIGN.md plus the catcher's, as data."""
+    """The streams of docs/architecture.md ("The bus"), the catcher's included, as data."""
     return [
         StreamConfig(
             name=bus.mail_stream,

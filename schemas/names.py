@@ -147,7 +147,7 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Retention(msgspec.Struct, frozen=True, kw_only=True):
-    """How long each store keeps its data; the defaults follow DESIGN.md."""
+    """How long each store keeps its data; the defaults are docs/architecture.md's ("The bus")."""
 
     dead_days: float = 30.0
     events_days: float = 7.0

@@ -1,7 +1,8 @@
 """What becomes of each recipient after one delivery attempt: the dispatcher's one decision.
 
-DESIGN.md's table, as a pure function from an `outcome.Outcome` (exceptions already turned
-into data by the sending layer) to one `Verdict` per group of recipients:
+The outcome table (docs/architecture.md, "One mail's trip", step 7), as a pure function
+from an `outcome.Outcome` (exceptions already turned into data by the sending layer) to one
+`Verdict` per group of recipients:
 
 - 2xx: delivered;
 - 4xx, and a session that failed to connect, negotiate TLS, answer in time or speak SMTP:

@@ -1,5 +1,5 @@
-"""Every reply the ingress sends, with its enhanced status code (DESIGN.md "Reply codes at
-the ingress"), and the translation of aiosmtpd's own fixed replies into the same form.
+"""Every reply the ingress sends, with its enhanced status code (docs/architecture.md "One
+mail's trip", steps 2-4), and the translation of aiosmtpd's own fixed replies into the same form.
 
 aiosmtpd refuses some input before any hook runs (a ``SIZE=`` over its limit, too much
 DATA, overlong lines) with replies that lack an enhanced code; `builtin` maps those onto

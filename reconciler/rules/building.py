@@ -2,7 +2,7 @@
 conditions out. Both sources (the YAML file and the Kubernetes API) feed it the same
 `Inputs`, so a policy means the same thing wherever it comes from.
 
-Rules (DESIGN.md "Resources"):
+Rules (the resources of docs/architecture.md "One mail's trip", the reconciler's side):
 
 - A policy's upstream is ``spec.sink.smtp.server`` (namespace defaulting to the policy's)
   or the built-in catcher; exactly one of the two. A policy that cannot be resolved (bad

@@ -2,12 +2,12 @@
 
 The file holds the same documents as a cluster (``SMTPServer``, ``EmailPolicy``, v1
 ``Secret`` and ``ConfigMap``) plus ``StaticSource`` documents standing in for pods
-(DESIGN.md "The file source format"). Each document is decoded into the Structs of
-`schemas.resources`, which refuse unknown fields, so a typo is an error. An error names
-the file, the document (its number, kind and name) and the field: ``policies.yaml:
-document 3 (EmailPolicy dev/app): unknown field "podSelectr" at spec``. Messages never
-quote a Secret's values nor a YAML line, so a password cannot reach a log through an
-error. Pure: no I/O.
+(docs/architecture.md "One mail's trip", the reconciler's side; an example in the
+README). Each document is decoded into the Structs of `schemas.resources`, which refuse
+unknown fields, so a typo is an error. An error names the file, the document (its number,
+kind and name) and the field: ``policies.yaml: document 3 (EmailPolicy dev/app): unknown
+field "podSelectr" at spec``. Messages never quote a Secret's values nor a YAML line, so a
+password cannot reach a log through an error. Pure: no I/O.
 """
 
 from __future__ import annotations

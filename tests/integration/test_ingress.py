@@ -1,5 +1,6 @@
 """The ingress end to end: a real nats-server, the real ingress, real SMTP clients. Every
-row of DESIGN.md's reply table, the trace headers, and what lands in the MAIL stream."""
+reply code of docs/architecture.md "One mail's trip" (steps 2-4), the trace headers, and
+what lands in the MAIL stream."""
 
 from __future__ import annotations
 

@@ -57,8 +57,9 @@ def _accepted(code: int, *rcpts: str, reply: str = "") -> Outcome:
 def test_outcomes_map_to_fates(
     result: Outcome, age_s: float, fate: Fate, dead_fate: Dead | None
 ) -> None:
-    """DESIGN.md's table: 2xx delivered, 4xx and session failures transient, 5xx
-    permanent, unreadable mail invalid, transient past the max age expired."""
+    """The outcome table (docs/architecture.md, "One mail's trip"): 2xx delivered, 4xx
+    and session failures transient, 5xx permanent, unreadable mail invalid, transient past
+    the max age expired."""
     decision = _all(result, ["a@x"], age_s)
     assert [(v.fate, v.dead_fate, v.rcpts) for v in decision.verdicts] == [
         (fate, dead_fate, ["a@x"])]
