@@ -1,5 +1,5 @@
 """The aiosmtpd handler: the shell that asks `admission` at MAIL, RCPT and DATA and, once a
-message is admitted, names it, adds its trace headers and publishes it.
+message is admitted, names it, adds its trace headers and stores it (`ingress.storing`).
 
 Every refusal is answered with the reply `admission` chose, logged once as
 ``ingress.mail_rejected``, emitted as a ``Rejected`` event and counted by `reasons`;
@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from ingress import publishing
+from ingress import storing
 from ingress.rules import admission, headers, mailid, reasons, replies, routing
 from runtime import bus, eventing, metrics, policies
 from runtime import settings as settings_mod
@@ -27,7 +27,9 @@ from schemas import snapshot as snapshot_mod
 log = structlog.get_logger("ingress.handler")
 
 EMIT_TIMEOUT_S = 1.0
-"""Events are observability: a broker that cannot take one in a second loses it."""
+"""Events are observability: a broker that cannot take one in a second loses it. Not one of
+``conn.deadlines``: an event is a core publish (no PubAck) sent while the client waits for
+its reply, so its budget is the client's, far below any bus call's deadline."""
 
 
 class Transaction(Envelope):
@@ -179,11 +181,11 @@ class Handler:
             smtputf8=smtputf8,
         )
         try:
-            ack = await publishing.publish(
+            ack = await storing.publish(
                 self._conn, draft, message, inline_limit=self._cfg.inline_limit,
                 timeout_s=self._cfg.publish_timeout_s,
             )
-        except publishing.PublishFailed as exc:
+        except storing.PublishFailed as exc:
             refusal = admission.Refusal(reply=replies.BROKER_DOWN, stage="data")
             await self.reject(refusal, ip=ip, mail_from=mail_from, admitted=admitted,
                               mail_id=mail_id, error=str(exc))

@@ -11,10 +11,10 @@ import contextlib
 import socket
 from collections.abc import Callable
 
-import nats.errors
 import structlog
 
 from ingress import handler as handler_mod
+from ingress import protocol
 from ingress import sessions as sessions_mod
 from ingress.rules import replies
 from runtime import bus, health, policies
@@ -30,7 +30,7 @@ IDENT = "ESMTP podpost"
 
 
 async def _first_snapshot(holder: policies.SnapshotHolder, conn: bus.Conn) -> None:
-    with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+    with contextlib.suppress(*bus.TRANSIENT):
         async with asyncio.timeout(FIRST_SNAPSHOT_S):
             await holder.refresh(conn)
 
@@ -55,7 +55,7 @@ async def listen(
             reply = (replies.SHUTTING_DOWN if sessions.draining
                      else replies.TOO_MANY_SESSIONS)
             return sessions_mod.Refuser(reply)
-        session = sessions_mod.IngressSMTP(
+        session = protocol.IngressSMTP(
             handler, sessions,
             hostname=hostname, ident=IDENT, data_size_limit=icfg.max_message_size,
             enable_SMTPUTF8=True, decode_data=False, timeout=icfg.idle_timeout_s, loop=loop,

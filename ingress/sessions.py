@@ -1,4 +1,4 @@
-"""SMTP sessions: aiosmtpd's protocol, counted, capped and drained.
+"""The live SMTP sessions of one listener: counted, capped and drained.
 
 On Python 3.11 ``Server.wait_closed()`` does not wait for open connections, so the ingress
 keeps its own set of live sessions: beyond ``max_sessions`` a new connection gets ``421``
@@ -7,27 +7,38 @@ may finish it (they get ``421`` right after its reply) within the grace period, 
 rest are closed; then the ingress waits for aiosmtpd's per-session tasks to end, so none
 is left behind.
 
-`IngressSMTP` also turns aiosmtpd's own fixed replies into ours (`replies.builtin`), and
-reports the ones that refuse a transaction (a ``552`` for size) like any other refusal.
+The registry knows a session only as a `Session` (idle or not, closable with a reply); the
+aiosmtpd protocol that is one lives in `ingress.protocol`, so the two do not import each
+other.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, syntax
 
-from ingress import handler as handler_mod
-from ingress.rules import admission, dataphase, replies
+from ingress.rules import replies
 
 log = structlog.get_logger("ingress.sessions")
 
 TASK_WAIT_S = 2.0
 """After closing a connection, how long its session task may take to notice."""
+
+
+class Session(Protocol):
+    """What the registry needs of a session (`ingress.protocol.IngressSMTP` is one)."""
+
+    @property
+    def idle(self) -> bool:
+        """Not inside a transaction."""
+        ...
+
+    def close_with(self, reply: str) -> None:
+        """Send ``reply`` and close the connection (nothing when already closing)."""
+        ...
 
 
 class Sessions:
@@ -36,7 +47,7 @@ class Sessions:
     def __init__(self, max_sessions: int) -> None:
         self.max_sessions = max_sessions
         self.draining = False
-        self._live: set[IngressSMTP] = set()
+        self._live: set[Session] = set()
         self._ending: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
 
@@ -46,10 +57,10 @@ class Sessions:
     def accepts(self) -> bool:
         return not self.draining and len(self._live) < self.max_sessions
 
-    def add(self, session: IngressSMTP) -> None:
+    def add(self, session: Session) -> None:
         self._live.add(session)
 
-    def discard(self, session: IngressSMTP, task: asyncio.Task[Any] | None) -> None:
+    def discard(self, session: Session, task: asyncio.Task[Any] | None) -> None:
         self._live.discard(session)
         if task is not None and not task.done():
             self._ending.add(task)
@@ -93,213 +104,3 @@ class Refuser(asyncio.Protocol):
                     reply=self._reply)
         transport.write(self._reply.encode("ascii") + b"\r\n")
         transport.close()
-
-
-READ_BUFFER = 16 * 1024
-"""Bytes a session's reader buffers before pausing the socket. aiosmtpd uses its 1,001-byte
-line limit, which pauses and resumes the socket every 2 KB of a body (a third of the
-ingress's CPU at 10 KiB messages); 16 KiB keeps 2,000 sessions under 64 MiB of buffers.
-A command line is still limited by aiosmtpd's command size limits, a DATA line by
-1,001 bytes (``500 5.5.2 Line too long``)."""
-
-
-async def read_data(reader: asyncio.StreamReader, limit: int | None
-                    ) -> tuple[dataphase.Verdict, bytes]:
-    """Read the DATA phase up to its final ``.<CRLF>``: a chunk per ``.<CRLF>`` or per
-    buffer, keeping no more than ``limit`` bytes (the rest is read and dropped)."""
-    kept = bytearray()
-    tail = b""  # the last bytes read, once ``kept`` stops growing
-    received = 0
-    complete = True
-    while True:
-        try:
-            chunk = await reader.readuntil(dataphase.TERMINATOR)
-        except asyncio.LimitOverrunError as exc:
-            chunk = await reader.read(exc.consumed)
-        if chunk.endswith(dataphase.TERMINATOR) and dataphase.ends_data(
-                kept if complete else tail, chunk):
-            body = chunk[: -len(dataphase.TERMINATOR)]
-            received += len(body)
-            if complete and not (limit and received > limit):
-                kept += body
-            else:
-                complete = False
-            break
-        received += len(chunk)
-        if complete and limit and received > limit:
-            complete = False  # stop keeping data, still read to the end
-            tail = bytes(kept[-2:])
-        if complete:
-            kept += chunk
-        else:
-            tail = (tail + chunk)[-2:]
-    return dataphase.judge(bytes(kept), complete=complete, received=received, limit=limit)
-
-
-class IngressSMTP(SMTP):
-    """aiosmtpd's SMTP protocol with session tracking, our replies and a per-transaction
-    size limit that falls back to the global one after each transaction."""
-
-    line_length_limit = READ_BUFFER
-    """aiosmtpd sizes the session's StreamReader by this class attribute; the instance
-    sets it back to the RFC's 1,000 (+1) bytes a DATA line may have, see `__init__`."""
-
-    def __init__(
-        self, handler: handler_mod.Handler, sessions: Sessions, **kwargs: Any
-    ) -> None:
-        # aiosmtpd keeps these limits in a class-level dict that every new session clears
-        # and every EHLO raises; one dict per session keeps sessions apart.
-        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
-        super().__init__(handler, **kwargs)
-        self.line_length_limit = SMTP.line_length_limit
-        self._handler = handler
-        self._sessions = sessions
-        self._global_limit: int = self.data_size_limit or 0
-        self._peer = ""
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Runs in its own copy of the context, which aiosmtpd's session task inherits.
-        peer = transport.get_extra_info("peername")
-        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(peer=self._peer)
-        log.debug("ingress.session_opened", sessions=len(self._sessions))
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        self._sessions.discard(self, self._handler_coroutine)
-        structlog.contextvars.clear_contextvars()  # this callback's own context copy
-        log.debug("ingress.session_closed", peer=self._peer, sessions=len(self._sessions))
-
-    def data_received(self, data: bytes) -> None:
-        """Any input is activity. aiosmtpd restarts its timeout only when a command
-        arrives, so a DATA transfer longer than ``idle_timeout_s`` was cut while its bytes
-        kept coming; like Postfix's smtpd_timeout, the limit is on silence."""
-        if self._timeout_handle is not None and self.transport is not None:
-            self._reset_timeout()
-        super().data_received(data)
-
-    async def _handle_client(self) -> None:
-        """aiosmtpd's session loop; a dropped connection ends it quietly, and nothing a
-        client sends may end it with an unhandled exception."""
-        try:
-            await super()._handle_client()
-        except ConnectionError:
-            log.debug("ingress.session_dropped")
-        except Exception as exc:  # the edge of a session task: log, never crash the server
-            log.error("ingress.session_failed", error=repr(exc), exc_info=exc)
-            if self.transport is not None:
-                self.transport.close()
-
-    async def handle_exception(self, error: Exception) -> str:
-        """aiosmtpd's loop turns any error into a reply and reads on. End of input is not
-        such an error: it means aiosmtpd's ``eof_received`` cancelled this task and the
-        cancellation got lost (Python 3.11's ``wait_for``, under nats-py's request, drops
-        a cancel that lands as the PubAck does), so the loop would read EOF forever, busy,
-        until the idle timeout. Close the session instead."""
-        if isinstance(error, asyncio.IncompleteReadError):
-            log.debug("ingress.session_ended_at_eof")
-            if self.transport is not None:
-                self.transport.close()
-            return replies.CLOSING
-        return str(await super().handle_exception(error))
-
-    @property
-    def idle(self) -> bool:
-        """Not inside a transaction (no sender accepted yet)."""
-        return self.envelope is None or self.envelope.mail_from is None
-
-    def close_with(self, reply: str) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(reply.encode("ascii") + b"\r\n")
-        transport.close()
-
-    # -- aiosmtpd overrides ----------------------------------------------------------------
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parser. The stdlib's raises IndexError on a lone ``<``
-        (``MAIL FROM:<``): that is a malformed address (553), not an internal error
-        (451, and an error log with a traceback for every such command)."""
-        try:
-            address, rest = super()._getaddr(arg)
-        except IndexError:
-            return None, None
-        return address, rest
-
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, reading up to each ``.<CRLF>`` instead of line by line (see
-        `dataphase`); the same checks, replies and handler hook."""
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            verdict, content = await read_data(self._reader, self.data_size_limit)
-        except asyncio.IncompleteReadError:  # the client went away mid-DATA
-            self._writer.close()
-            return
-        except asyncio.CancelledError:
-            self._writer.close()
-            raise
-        if verdict is dataphase.Verdict.TOO_LONG:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-            self._set_post_data_state()
-            return
-        if verdict is dataphase.Verdict.TOO_MUCH:
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()
-            return
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
-
-    def _create_envelope(self) -> handler_mod.Transaction:
-        return handler_mod.Transaction()
-
-    def _set_post_data_state(self) -> None:
-        super()._set_post_data_state()  # type: ignore[no-untyped-call]
-        self.data_size_limit = self._global_limit
-
-    async def push(self, status: str | bytes) -> None:
-        if isinstance(status, bytes):  # only AUTH challenges, which we never offer
-            await super().push(status)
-            return
-        known = replies.builtin(status)
-        if known is not None:
-            if known.reply == replies.TOO_BIG:
-                known = replies.Builtin(
-                    replies.too_big(self.data_size_limit or self._global_limit), known.stage)
-            if known.stage:
-                await self._report_builtin(known)
-            status = known.reply
-        await super().push(status)
-        final = status[3:4] != "-"
-        if self._sessions.draining and final and self.idle:
-            self.close_with(replies.SHUTTING_DOWN)
-
-    async def _report_builtin(self, known: replies.Builtin) -> None:
-        envelope = self.envelope
-        admitted = envelope.admitted if isinstance(envelope, handler_mod.Transaction) else None
-        mail_from = (envelope.mail_from if envelope is not None else None) or ""
-        assert self.session is not None
-        await self._handler.reject(
-            admission.Refusal(reply=known.reply, stage=known.stage),
-            ip=handler_mod.peer_ip(self.session), mail_from=mail_from, admitted=admitted,
-        )

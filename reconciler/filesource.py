@@ -5,14 +5,16 @@ mtime, size and a hash of its bytes, so an edit within one mtime tick is seen to
 ``poll_interval_s``; changes arriving within ``debounce_s`` of each other are folded into
 one build, so an editor's write-then-rename is not built twice. A file that does not parse
 is logged (``reconciler.source_invalid``) and nothing is published: the last good snapshot
-stays in force. A failed publish (broker down) is retried on the next poll, and every
-``RECHECK_S`` the last good build is published again, which writes only if the buckets no
-longer hold it (a broker that lost its store, a login deleted by hand).
+stays in force. Building and publishing are the shared `reconciler.cycle`; a publish has
+``nats.deadlines.publish_s``. A failed publish (broker down) is retried on the next poll,
+and every ``RECHECK_S`` the last good build is published again, which writes only if the
+buckets no longer hold it (a broker that lost its store, a login deleted by hand).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import time
@@ -20,18 +22,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
-import nats.errors
 import structlog
 
-from reconciler import publishing
+from reconciler import cycle
 from reconciler.rules import building, documents
-from runtime import bus, metrics
+from reconciler.rules import inputs as inputs_mod
+from runtime import bus, waiting
 from runtime import settings as settings_mod
 
 log = structlog.get_logger("reconciler.filesource")
 
-PUBLISH_TIMEOUT_S = 10.0
 RECHECK_S = 30.0
+"""How often the last good build is published again (a scheduling interval)."""
 MAX_DEBOUNCE_ROUNDS = 20
 """A file rewritten without pause is built after this many debounce rounds anyway."""
 
@@ -69,12 +71,11 @@ def read(path: str) -> Read:
         return Read(fingerprint, error=f"{path}: not UTF-8 text (byte {exc.start})")
 
 
-def load(current: Read, *, path: str, now: datetime) -> building.Build:
-    """Parse and build; `documents.SourceError` when the file cannot be used."""
+def load(current: Read, *, path: str) -> inputs_mod.Inputs:
+    """Parse; `documents.SourceError` when the file cannot be used."""
     if current.text is None:
         raise documents.SourceError(current.error or f"{path}: unreadable")
-    inputs = documents.parse(current.text, path=path)
-    return building.build(inputs, now=now, source=f"file:{path}")
+    return documents.parse(current.text, path=path)
 
 
 def _report(result: building.Build) -> None:
@@ -89,20 +90,11 @@ def _report(result: building.Build) -> None:
                             message=condition.message)
 
 
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
-
-
 async def _settled(path: str, first: Read, debounce_s: float, stop: asyncio.Event) -> Read:
     """Re-read after ``debounce_s`` until the file stops changing (bounded)."""
     current = first
     for _ in range(MAX_DEBOUNCE_ROUNDS):
-        await _pause(stop, debounce_s)
-        if stop.is_set():
+        if await waiting.sleep_or_stop(stop, debounce_s):
             break
         again = read(path)
         if again.fingerprint == current.fingerprint and again.error == current.error:
@@ -133,25 +125,18 @@ async def run(
             if seen is not None:
                 current = await _settled(path, current, rcfg.debounce_s, stop)
             seen = current
-            started = time.perf_counter()
             try:
-                pending = load(current, path=path, now=clock())
+                pending = cycle.build(functools.partial(load, current, path=path), now=clock(),
+                                      source=f"file:{path}")
             except documents.SourceError as exc:
                 log.error("reconciler.source_invalid", path=path, error=str(exc))
                 pending = None
             else:
-                built_s = time.perf_counter() - started
-                metrics.current().build_duration.set(built_s)
-                log.info("reconciler.snapshot_built", source=pending.snapshot.source,
-                         build_ms=round(built_s * 1000, 1),
-                         policies=len(pending.snapshot.policies),
-                         routes=len(pending.snapshot.routes))
                 _report(pending)
         if pending is not None and not stop.is_set():
             try:
-                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                    await publishing.publish(conn, pending)
+                await cycle.publish(conn, pending, timeout_s=conn.deadlines.publish_s)
                 good, pending, checked = pending, None, time.monotonic()
-            except (TimeoutError, nats.errors.Error, OSError) as exc:
+            except bus.TRANSIENT as exc:
                 log.warning("reconciler.publish_failed", error=str(exc) or type(exc).__name__)
-        await _pause(stop, rcfg.poll_interval_s)
+        await waiting.sleep_or_stop(stop, rcfg.poll_interval_s)

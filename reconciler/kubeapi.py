@@ -48,6 +48,14 @@ class Gone(ApiError):
     """410: the resourceVersion we asked for is too old; relist."""
 
 
+TRANSIENT: tuple[type[Exception], ...] = (
+    ApiError, aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError)
+"""What one request to the API server raises when the next attempt may well succeed (an
+error answer, a dropped or slow connection, a truncated body): the one set the watchers,
+the Lease and the kubernetes source catch. Where the bus is involved too, a site spells
+``(*kubeapi.TRANSIENT, *bus.TRANSIENT)``."""
+
+
 def _error(status: int, body: bytes) -> ApiError:
     try:
         info = kubeobjects.status_decoder.decode(body)

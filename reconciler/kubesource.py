@@ -4,36 +4,32 @@ Pods, EmailPolicies and SMTPServers are listed and watched (`reconciler.watching
 one `reconciler.rules.inventory.Inventory`; the Secrets that policies reference (and the Secrets
 and ConfigMaps that SMTPServers name as ``tlsCA``) are read by name only (the reconciler
 needs ``get`` on them, never list or watch) when first referenced and every
-``secret_refresh_s`` after. Changes are debounced into one build with the pure
-builder, which only the Lease holder (`reconciler.leading`) publishes and turns into status
-patches. Nothing is built before every collection has been listed once, so a half-known
-cluster is never published.
+``secret_refresh_s`` after. Changes are debounced into one build-and-publish cycle
+(`reconciler.cycle`, shared with the file source), which only the Lease holder
+(`reconciler.leading`) runs, publishing within what is left of its lease, and whose
+conditions it turns into status patches. Nothing is built before every collection has
+been listed once, so a half-known cluster is never published.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 
-import aiohttp
 import msgspec
-import nats.errors
 import structlog
 
-from reconciler import kubeapi, leading, publishing, watching
-from reconciler.rules import building, inventory, kubeobjects, statuses
-from runtime import bus, health, metrics
+from reconciler import cycle, kubeapi, leading, watching
+from reconciler.rules import inventory, kubeobjects, statuses
+from runtime import bus, health, waiting
 from runtime import settings as settings_mod
 from schemas import resources
 
 log = structlog.get_logger("reconciler.kubesource")
 
 SOURCE = "kubernetes"
-TRANSIENT = (kubeapi.ApiError, aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError)
-"""Failures of one request; the next attempt may well succeed."""
-CYCLE_FAILURES = (*TRANSIENT, nats.errors.Error)
-"""What can fail a build-and-publish cycle (the broker too); the cycle is retried."""
+CYCLE_FAILURES = (*kubeapi.TRANSIENT, *bus.TRANSIENT)
+"""What can fail a build-and-publish cycle (the API server, the broker); it is retried."""
 RETRY_AFTER_FAILURE_S = 1.0
 secret_decoder = msgspec.json.Decoder(resources.Secret)
 config_map_decoder = msgspec.json.Decoder(resources.ConfigMap)
@@ -52,13 +48,6 @@ async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout_s: float | No
         for waiter in waiters:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 class KubeSource:
@@ -131,8 +120,7 @@ class KubeSource:
         self.changed.set()
         while not stop.is_set():
             await _wait(self.changed, stop, None)
-            await _pause(stop, self.rcfg.debounce_s)
-            if stop.is_set():
+            if await waiting.sleep_or_stop(stop, self.rcfg.debounce_s):
                 return
             self.changed.clear()
             if not self.leader.leading:
@@ -145,7 +133,7 @@ class KubeSource:
                 log.warning("reconciler.cycle_failed",
                             error="; ".join(str(e) or type(e).__name__ for e in group.exceptions))
             if failed:
-                await _pause(stop, RETRY_AFTER_FAILURE_S)
+                await waiting.sleep_or_stop(stop, RETRY_AFTER_FAILURE_S)
                 self.changed.set()
 
     async def cycle(self) -> None:
@@ -158,19 +146,14 @@ class KubeSource:
         await self._fetch_secrets(sorted(cm_refs - self.inventory.config_maps.known),
                                   strict=True, config_maps=True)
         now = datetime.now(UTC)
-        started = time.perf_counter()
-        result = building.build(self.inventory.inputs(), now=now, source=SOURCE)
-        built_ms = (time.perf_counter() - started) * 1000
-        metrics.current().build_duration.set(built_ms / 1000)
+        result = cycle.build(self.inventory.inputs, now=now, source=SOURCE)
         self.builds += 1
         remaining = self.leader.remaining()
         if remaining <= 0:
             log.warning("reconciler.publish_skipped", reason="not the leader")
             return
-        async with asyncio.timeout(min(remaining, self.rcfg.api_timeout_s * 3)):
-            await publishing.publish(self.conn, result)
-        log.info("reconciler.snapshot_built", source=SOURCE, build_ms=round(built_ms, 1),
-                 policies=len(result.snapshot.policies), routes=len(result.snapshot.routes))
+        await cycle.publish(self.conn, result,
+                            timeout_s=min(remaining, self.rcfg.api_timeout_s * 3))
         if not self.leader.leading:
             return  # lost the Lease while publishing: the new leader writes statuses
         patches = statuses.plan(
@@ -217,7 +200,7 @@ class KubeSource:
         async def guarded(name: str) -> None:
             try:
                 await fetch(name)
-            except TRANSIENT as exc:
+            except kubeapi.TRANSIENT as exc:
                 if strict:
                     raise
                 log.warning("reconciler.secret_fetch_failed", secret=name,
@@ -232,8 +215,9 @@ class KubeSource:
         """Re-read every referenced Secret and ConfigMap periodically (rotated passwords
         and CA bundles)."""
         while not stop.is_set():
-            await _pause(stop, self.rcfg.secret_refresh_s)
-            if stop.is_set() or not self.leader.leading:
+            if await waiting.sleep_or_stop(stop, self.rcfg.secret_refresh_s):
+                return
+            if not self.leader.leading:
                 continue
             refs = sorted(self.inventory.secret_refs())
             cm_refs = sorted(self.inventory.config_map_refs())
@@ -272,7 +256,7 @@ class KubeSource:
         async def guarded(patch: statuses.Patch) -> None:
             try:
                 await write(patch)
-            except TRANSIENT as exc:
+            except kubeapi.TRANSIENT as exc:
                 log.warning("reconciler.status_failed", kind=patch.kind,
                             resource=f"{patch.namespace}/{patch.name}",
                             error=str(exc) or type(exc).__name__)

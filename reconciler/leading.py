@@ -15,17 +15,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import aiohttp
-import msgspec
 import structlog
 
 from reconciler import kubeapi
 from reconciler.rules import leases
+from runtime import waiting
 
 log = structlog.get_logger("reconciler.leading")
-
-TRANSIENT = (kubeapi.ApiError, aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError)
-
 
 class Leader:
     """This replica's standing in the election."""
@@ -71,15 +67,12 @@ class Leader:
         while not stop.is_set():
             try:
                 await self._tick(on_elected)
-            except TRANSIENT as exc:
+            except kubeapi.TRANSIENT as exc:
                 log.warning("reconciler.lease_failed", lease=self.name,
                             error=str(exc) or type(exc).__name__)
             if self.elected.is_set() and not self.leading:
                 self._lose("renew deadline passed")
-            try:
-                await asyncio.wait_for(stop.wait(), self.retry_s)
-            except TimeoutError:
-                pass
+            await waiting.sleep_or_stop(stop, self.retry_s)
 
     async def _tick(self, on_elected: Callable[[], None]) -> None:
         path = kubeapi.lease_path(self.namespace, self.name)
@@ -142,6 +135,6 @@ class Leader:
         try:
             await self.api.patch(kubeapi.lease_path(self.namespace, self.name), patch)
             log.info("reconciler.lease_released", lease=self.name, identity=self.identity)
-        except TRANSIENT as exc:
+        except kubeapi.TRANSIENT as exc:
             log.warning("reconciler.lease_release_failed", lease=self.name,
                         error=str(exc) or type(exc).__name__)

@@ -1,8 +1,8 @@
 """The reconciler role: build the policy snapshot from its source and publish it.
 
 Wiring only. The file source (the embedded default) lives in `filesource`, the Kubernetes
-source in `kubesource`; both feed the one pure builder in `building` and publish through
-`publishing`.
+source in `kubesource`; both run the one build-and-publish cycle of `cycle` (the pure
+builder `rules.building`, then `publishing`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-import aiohttp
 import msgspec
 import stamina
 import structlog
@@ -24,9 +23,6 @@ from reconciler import kubeapi
 from reconciler.rules import kubeobjects
 
 log = structlog.get_logger("reconciler.watching")
-
-TRANSIENT = (kubeapi.ApiError, aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError)
-
 
 class Sink(Protocol):
     """Where a collection's objects go (`reconciler.rules.inventory`); both say if anything that
@@ -66,7 +62,7 @@ class Watcher:
         """Keep the collection in sync until ``stop`` (or cancellation)."""
         while not stop.is_set():
             async for attempt in stamina.retry_context(
-                on=TRANSIENT, attempts=None, timeout=None,
+                on=kubeapi.TRANSIENT, attempts=None, timeout=None,
                 wait_initial=0.2, wait_max=10.0, wait_jitter=0.5,
             ):
                 with attempt:

@@ -1,6 +1,6 @@
 """The snapshot builder: resources in, one `PolicySnapshot` plus credentials and status
 conditions out. Both sources (the YAML file and the Kubernetes API) feed it the same
-`Inputs`, so a policy means the same thing wherever it comes from.
+`reconciler.rules.inputs.Inputs`, so a policy means the same thing wherever it comes from.
 
 Rules (the resources of docs/architecture.md "One mail's trip", the reconciler's side):
 
@@ -8,14 +8,12 @@ Rules (the resources of docs/architecture.md "One mail's trip", the reconciler's
   or the built-in catcher; exactly one of the two. A policy that cannot be resolved (bad
   sink, missing server, missing or refused Secret, bad selector) is not Ready and is left
   out of the snapshot: its clients get no route, so nothing is relayed for them.
-- A Secret in another namespace is used only when its annotation
-  ``podpost.dev/allowed-namespaces`` lists the policy's namespace (comma-separated, ``*``
-  for any). Each referenced Secret becomes one CREDENTIALS key; the snapshot only names it.
-- An SMTPServer's ``tlsCA`` (a ConfigMap or Secret key of its own namespace, holding PEM)
-  becomes one CREDENTIALS key named by the bundle's hash (``ca.<hash>``), not part of the
-  snapshot every ingress reads: a bundle may be large. The upstream names the key, so a
-  changed bundle changes the snapshot. A server whose CA cannot be read is not Ready, nor
-  are the policies that use it (as with a missing Secret: nothing relayed).
+- Logins and CA bundles come from Secrets and ConfigMaps as `reconciler.rules.credentials`
+  reads them (a cross-namespace Secret needs a grant); each becomes one CREDENTIALS key
+  that the snapshot only names. A CA bundle is not part of the snapshot every ingress
+  reads (a bundle may be large); the upstream names its key, so a changed bundle changes
+  the snapshot. A server whose CA cannot be read is not Ready, nor are the policies that
+  use it (as with a missing Secret: nothing relayed).
 - A policy selects endpoints of its own namespace only. Default policies are fallbacks:
   they are candidates only for endpoints that no non-default policy selects (and their own
   selector, usually empty, must still match).
@@ -29,8 +27,6 @@ Pure: no I/O, ``now`` is passed in, output sorted so equal inputs give equal byt
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import ipaddress
@@ -41,32 +37,13 @@ from typing import TypeVar
 
 import msgspec
 
-from reconciler.rules import matching
+from reconciler.rules import credentials, matching
+from reconciler.rules import inputs as inputs_mod
 from schemas import durations, names, resources, snapshot
 
-ALLOWED_NAMESPACES_ANNOTATION = "podpost.dev/allowed-namespaces"
 PERIOD_S = {"minute": 60.0, "hour": 3600.0}
 MAX_CONFLICT_ENDPOINTS = 5
 """A Conflict message names at most this many endpoints, then says how many more."""
-
-
-class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
-    """Something that sends mail from known addresses: a pod or a static source."""
-
-    source: str
-    """``pod:<ns>/<name>`` or ``static:<ns>/<name>``."""
-    namespace: str
-    labels: dict[str, str]
-    networks: list[str]
-    """Pod IPs (v4/v6) or static CIDRs."""
-
-
-class Inputs(msgspec.Struct, frozen=True, kw_only=True):
-    servers: list[resources.SMTPServer] = []
-    policies: list[resources.EmailPolicy] = []
-    secrets: list[resources.Secret] = []
-    config_maps: list[resources.ConfigMap] = []
-    endpoints: list[Endpoint] = []
 
 
 _Snapshot = snapshot.PolicySnapshot
@@ -90,22 +67,9 @@ def object_key(kind: str, key: str) -> str:
     return f"{kind}:{key}"
 
 
-def resource_key(metadata: resources.Metadata) -> str:
-    return f"{metadata.namespace}/{metadata.name}"
-
-
-def credentials_key(secret_key: str) -> str:
-    """The CREDENTIALS bucket key of the Secret ``ns/name``."""
-    return names.key_ident(secret_key)
-
-
-class _Unresolved(Exception):
-    """A policy that cannot go into the snapshot, with the Ready condition's reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+_Unresolved = credentials.Unresolved
+"""An object that cannot go into the snapshot, with its Ready condition's reason; raised
+here and by `credentials`."""
 
 
 def _ready(reason: str, message: str) -> resources.Condition:
@@ -124,7 +88,7 @@ def upstream_view(
 ) -> snapshot.UpstreamView:
     spec = server.spec
     return snapshot.UpstreamView(
-        key=resource_key(server.metadata),
+        key=inputs_mod.resource_key(server.metadata),
         host=spec.server,
         port=spec.port,
         connect=resources.connect_mode(spec),
@@ -133,101 +97,6 @@ def upstream_view(
         timeout_s=spec.timeout_seconds,
         tls_ca=tls_ca,
     )
-
-
-def ca_key(pem: str) -> str:
-    """The CREDENTIALS key of a CA bundle: its hash. A login's key never holds a dot."""
-    return "ca." + hashlib.sha256(pem.encode()).hexdigest()[:32]
-
-
-def _server_ca(
-    server: resources.SMTPServer,
-    secrets: dict[str, resources.Secret],
-    config_maps: dict[str, resources.ConfigMap],
-) -> tuple[str, snapshot.TrustedCA] | None:
-    """The server's ``tlsCA`` bundle and its key; `_Unresolved` when it cannot be read."""
-    source = server.spec.tls_ca
-    if source is None:
-        return None
-    cm_ref, secret_ref = source.config_map_key_ref, source.secret_key_ref
-    if (cm_ref is None) == (secret_ref is None):
-        raise _Unresolved("InvalidCA", "spec.tlsCA needs exactly one of configMapKeyRef "
-                          "or secretKeyRef")
-    namespace = server.metadata.namespace
-    pem: str | None
-    if cm_ref is not None:
-        where = f"ConfigMap {namespace}/{cm_ref.name}"
-        config_map = config_maps.get(f"{namespace}/{cm_ref.name}")
-        if config_map is None:
-            raise _Unresolved("CANotFound", f"{where} not found")
-        pem, key = config_map.data.get(cm_ref.key), cm_ref.key
-    else:
-        assert secret_ref is not None
-        where = f"Secret {namespace}/{secret_ref.name}"
-        secret = secrets.get(f"{namespace}/{secret_ref.name}")
-        if secret is None:
-            raise _Unresolved("CANotFound", f"{where} not found")
-        pem, key = _secret_value(secret, secret_ref.key), secret_ref.key
-    if pem is None:
-        raise _Unresolved("CANotFound", f"{where} has no key {key!r}")
-    if "-----BEGIN CERTIFICATE-----" not in pem:
-        raise _Unresolved("InvalidCA", f"{where}: {key!r} holds no PEM certificate")
-    return ca_key(pem), snapshot.TrustedCA(pem=pem)
-
-
-# --- credentials --------------------------------------------------------------------------
-
-
-def _allowed_namespaces(secret: resources.Secret) -> set[str]:
-    raw = secret.metadata.annotations.get(ALLOWED_NAMESPACES_ANNOTATION, "")
-    return {part.strip() for part in raw.split(",") if part.strip()}
-
-
-def _secret_value(secret: resources.Secret, field: str) -> str | None:
-    """``stringData`` wins over ``data``, as when the API server merges them."""
-    if field in secret.string_data:
-        return secret.string_data[field]
-    if field not in secret.data:
-        return None
-    try:
-        return base64.b64decode(secret.data[field], validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise _Unresolved(
-            "SecretInvalid", f"Secret {resource_key(secret.metadata)}: data.{field} is not "
-            "base64 of UTF-8 text",
-        ) from exc
-
-
-def secret_credentials(secret: resources.Secret) -> snapshot.Credentials:
-    """The login a Secret holds; `_Unresolved` (SecretInvalid) when it lacks one."""
-    key = resource_key(secret.metadata)
-    username = _secret_value(secret, "username")
-    password = _secret_value(secret, "password")
-    missing = [f for f, v in (("username", username), ("password", password)) if not v]
-    if username is None or password is None or missing:
-        raise _Unresolved("SecretInvalid", f"Secret {key} has no {' and no '.join(missing)}")
-    return snapshot.Credentials(username=username, password=password)
-
-
-def _credentials(
-    policy: resources.EmailPolicy,
-    ref: resources.ObjectRef,
-    secrets: dict[str, resources.Secret],
-) -> tuple[str, snapshot.Credentials]:
-    namespace = policy.metadata.namespace
-    secret_key = f"{ref.namespace or namespace}/{ref.name}"
-    secret = secrets.get(secret_key)
-    if secret is None:
-        raise _Unresolved("SecretNotFound", f"Secret {secret_key} not found")
-    if secret.metadata.namespace != namespace:
-        allowed = _allowed_namespaces(secret)
-        if "*" not in allowed and namespace not in allowed:
-            raise _Unresolved(
-                "CrossNamespaceSecretNotGranted",
-                f"Secret {secret_key} is in another namespace; it must carry the annotation "
-                f"{ALLOWED_NAMESPACES_ANNOTATION} listing {namespace!r} (or '*')",
-            )
-    return credentials_key(secret_key), secret_credentials(secret)
 
 
 # --- policies -----------------------------------------------------------------------------
@@ -266,7 +135,7 @@ def _resolve(
     secrets: dict[str, resources.Secret],
     broken: dict[str, _Unresolved],
 ) -> _Resolved:
-    key = resource_key(policy.metadata)
+    key = inputs_mod.resource_key(policy.metadata)
     spec = policy.spec
     smtp, catcher = spec.sink.smtp, spec.sink.catcher
     if (smtp is None) == (catcher is None):
@@ -280,7 +149,7 @@ def _resolve(
             raise _Unresolved("ServerNotReady", f"SMTPServer {upstream} is not Ready: "
                               f"{broken[upstream].message}")
         if smtp.credentials is not None:
-            login = _credentials(policy, smtp.credentials, secrets)
+            login = credentials.policy_login(policy, smtp.credentials, secrets)
     else:
         upstream = names.CATCHER
     try:
@@ -384,7 +253,7 @@ def _conflict_condition(
 
 
 def _route(
-    resolved: dict[str, _Resolved], endpoints: list[Endpoint]
+    resolved: dict[str, _Resolved], endpoints: list[inputs_mod.Endpoint]
 ) -> tuple[list[snapshot.Route], dict[str, dict[str, set[str]]]]:
     """Routes, and conflicts: policy -> other policy -> sources of endpoints both select."""
     by_namespace: dict[str, list[_Resolved]] = defaultdict(list)
@@ -432,11 +301,11 @@ _Keyed = TypeVar("_Keyed", resources.SMTPServer, resources.Secret, resources.Ema
 
 def _by_key(items: list[_Keyed]) -> dict[str, _Keyed]:
     """Key -> item, in key order; a later duplicate replaces an earlier one."""
-    found = {resource_key(item.metadata): item for item in items}
+    found = {inputs_mod.resource_key(item.metadata): item for item in items}
     return {key: found[key] for key in sorted(found)}
 
 
-def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
+def build(inputs: inputs_mod.Inputs, *, now: datetime, source: str) -> Build:
     servers = _by_key(inputs.servers)
     secrets = _by_key(inputs.secrets)
     policies = _by_key(inputs.policies)
@@ -448,7 +317,7 @@ def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
     broken: dict[str, _Unresolved] = {}
     for key, server in servers.items():
         try:
-            ca = _server_ca(server, secrets, config_maps)
+            ca = credentials.server_ca(server, secrets, config_maps)
         except _Unresolved as exc:
             broken[key] = exc
             continue
@@ -457,7 +326,7 @@ def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
         upstreams[key] = upstream_view(server, None if ca is None else ca[0])
 
     resolved: dict[str, _Resolved] = {}
-    credentials: dict[str, snapshot.Credentials] = {}
+    logins: dict[str, snapshot.Credentials] = {}
     for key, policy in policies.items():
         try:
             item = _resolve(policy, servers, secrets, broken)
@@ -470,7 +339,7 @@ def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
             continue
         resolved[key] = item
         if item.login is not None:
-            credentials[item.login[0]] = item.login[1]
+            logins[item.login[0]] = item.login[1]
 
     endpoints = sorted(inputs.endpoints, key=lambda e: e.source)
     routes, conflicts = _route(resolved, endpoints)
@@ -510,7 +379,7 @@ def build(inputs: Inputs, *, now: datetime, source: str) -> Build:
     snap = msgspec.structs.replace(snap, digest=digest(snap))
     return Build(
         snapshot=snap,
-        credentials=dict(sorted(credentials.items())),
+        credentials=dict(sorted(logins.items())),
         conditions=dict(sorted(conditions.items())),
         cas=dict(sorted(cas.items())),
     )

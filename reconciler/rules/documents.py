@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from reconciler.rules import building
+from reconciler.rules import inputs as inputs_mod
 from schemas import resources
 
 KINDS: dict[str, tuple[str, type[Any]]] = {
@@ -89,7 +89,7 @@ def _yaml_error(path: str, error: yaml.YAMLError) -> SourceError:
     return SourceError(f"{path}: invalid YAML")
 
 
-def _endpoint(source: resources.StaticSource, where: str) -> building.Endpoint:
+def _endpoint(source: resources.StaticSource, where: str) -> inputs_mod.Endpoint:
     networks = []
     for i, cidr in enumerate(source.spec.cidrs):
         try:
@@ -97,7 +97,7 @@ def _endpoint(source: resources.StaticSource, where: str) -> building.Endpoint:
         except ValueError:
             raise SourceError(f'{where}: not an IP address or CIDR at spec.cidrs[{i}]') from None
     meta = source.metadata
-    return building.Endpoint(
+    return inputs_mod.Endpoint(
         source=f"static:{meta.namespace}/{meta.name}",
         namespace=meta.namespace,
         labels=dict(meta.labels),
@@ -126,7 +126,7 @@ def _decode(index: int, document: object, path: str) -> object:
     return decoded
 
 
-def parse(text: str, *, path: str) -> building.Inputs:
+def parse(text: str, *, path: str) -> inputs_mod.Inputs:
     """Every document of the file, decoded; `SourceError` on the first bad one.
 
     Empty documents (a stray ``---``) are skipped. Two documents of one kind with one
@@ -139,14 +139,14 @@ def parse(text: str, *, path: str) -> building.Inputs:
     policies: list[resources.EmailPolicy] = []
     secrets: list[resources.Secret] = []
     config_maps: list[resources.ConfigMap] = []
-    endpoints: list[building.Endpoint] = []
+    endpoints: list[inputs_mod.Endpoint] = []
     seen: dict[tuple[str, str], int] = {}
     claimed: dict[str, int] = {}
     for index, document in enumerate(documents, start=1):
         if document is None:
             continue
         decoded = _decode(index, document, path)
-        if isinstance(decoded, building.Endpoint):
+        if isinstance(decoded, inputs_mod.Endpoint):
             identity = ("StaticSource", decoded.source.removeprefix("static:"))
             for network in decoded.networks:
                 if network in claimed:
@@ -159,7 +159,7 @@ def parse(text: str, *, path: str) -> building.Inputs:
         else:
             assert isinstance(decoded, resources.SMTPServer | resources.EmailPolicy
                               | resources.Secret | resources.ConfigMap)
-            identity = (decoded.kind, building.resource_key(decoded.metadata))
+            identity = (decoded.kind, inputs_mod.resource_key(decoded.metadata))
             if isinstance(decoded, resources.SMTPServer):
                 servers.append(decoded)
             elif isinstance(decoded, resources.EmailPolicy):
@@ -174,5 +174,5 @@ def parse(text: str, *, path: str) -> building.Inputs:
                 f"is already defined by document {seen[identity]}"
             )
         seen[identity] = index
-    return building.Inputs(servers=servers, policies=policies, secrets=secrets,
+    return inputs_mod.Inputs(servers=servers, policies=policies, secrets=secrets,
                            config_maps=config_maps, endpoints=endpoints)

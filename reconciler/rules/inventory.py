@@ -15,7 +15,8 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from reconciler.rules import building, kubeobjects
+from reconciler.rules import inputs as inputs_mod
+from reconciler.rules import kubeobjects
 from schemas import resources
 
 T = TypeVar("T", resources.EmailPolicy, resources.SMTPServer)
@@ -210,8 +211,8 @@ class Inventory:
     def config_map_refs(self) -> set[str]:
         return config_map_refs(self.servers.items.values())
 
-    def inputs(self) -> building.Inputs:
-        return building.Inputs(
+    def inputs(self) -> inputs_mod.Inputs:
+        return inputs_mod.Inputs(
             servers=[self.servers.items[k] for k in sorted(self.servers.items)],
             policies=[self.policies.items[k] for k in sorted(self.policies.items)],
             secrets=[self.secrets.items[k] for k in sorted(self.secrets.items)],

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from reconciler.rules import building
+from reconciler.rules import inputs as inputs_mod
 
 LIVE_PHASES = frozenset({"Pending", "Running"})
 
@@ -151,7 +151,7 @@ def _liveness(record: PodRecord) -> tuple[bool, bool, str, str]:
     return (record.running, not record.terminating, record.created, record.key)
 
 
-def endpoints(records: Iterable[PodRecord]) -> list[building.Endpoint]:
+def endpoints(records: Iterable[PodRecord]) -> list[inputs_mod.Endpoint]:
     """One endpoint per pod, each network given to the most alive pod that claims it.
 
     A pod whose every address was claimed by a livelier pod is left out."""
@@ -167,7 +167,7 @@ def endpoints(records: Iterable[PodRecord]) -> list[building.Endpoint]:
         kept.setdefault(record.key, []).append(network)
         by_key[record.key] = record
     return [
-        building.Endpoint(
+        inputs_mod.Endpoint(
             source=f"pod:{pod_key}",
             namespace=by_key[pod_key].namespace,
             labels=by_key[pod_key].labels,

@@ -19,7 +19,7 @@ import yaml
 
 from loadkit import inprocess
 from reconciler import kubeapi, kubesource
-from reconciler.rules import building
+from reconciler.rules import credentials
 from runtime import bus, settings
 from schemas import snapshot
 from tests.support import ingress as ingress_support
@@ -473,14 +473,14 @@ async def test_a_servers_ca_config_map_is_read_and_refreshed(
     await fake.create(cluster, fake.CONFIGMAPS, fake.config_map("ca", {"ca.crt": PEM}))
     snap = await eventually(conn, lambda s: "default/web" in s.policies)
     key = snap.upstreams["default/smtp"].tls_ca
-    assert key == building.ca_key(PEM)
+    assert key == credentials.ca_key(PEM)
     await _ca_is(conn, key, PEM)
 
     rotated = PEM.replace("MIIB", "MIIC")
     await fake.patch(cluster, fake.CONFIGMAPS, "default", "ca", {"data": {"ca.crt": rotated}})
     snap = await eventually(conn, lambda s: "default/smtp" in s.upstreams
                             and s.upstreams["default/smtp"].tls_ca != key)
-    await _ca_is(conn, building.ca_key(rotated), rotated)
+    await _ca_is(conn, credentials.ca_key(rotated), rotated)
 
 
 async def test_reconciler_needs_only_the_documented_rbac(

@@ -17,6 +17,7 @@ import structlog
 
 from reconciler import filesource, main, publishing
 from reconciler.rules import building
+from reconciler.rules import inputs as inputs_mod
 from runtime import bus, settings
 from schemas import snapshot
 
@@ -250,7 +251,7 @@ async def test_publish_compares_with_the_buckets_not_with_memory(conn: bus.Conn)
     """A fresh publisher (a restart, a new leader) republishes nothing unchanged, but a
     rotated password is written although the snapshot stays the same."""
     def result(password: str) -> building.Build:
-        snap = building.build(building.Inputs(), now=datetime.now(UTC), source="test").snapshot
+        snap = building.build(inputs_mod.Inputs(), now=datetime.now(UTC), source="test").snapshot
         return building.Build(snapshot=snap, conditions={}, credentials={
             "dev__login": snapshot.Credentials(username="robot", password=password)})
 

@@ -14,7 +14,7 @@ import trustme
 
 from loadkit import upstream as upstream_mod
 from reconciler import publishing
-from reconciler.rules import building, documents
+from reconciler.rules import building, credentials, documents
 from runtime import bus, settings
 from schemas import events, snapshot
 from tests.support import dispatching as d
@@ -79,7 +79,7 @@ async def test_the_ca_an_smtpserver_names_is_trusted_for_its_upstream(
     inputs = documents.parse(text + "---\n" + _holder(ref, pem), path="policies.yaml")
     result = building.build(inputs, now=datetime.now(UTC), source="file:policies.yaml")
     view = result.snapshot.upstreams["mail/relay"]
-    assert view.tls_ca == building.ca_key(pem)
+    assert view.tls_ca == credentials.ca_key(pem)
     assert result.cas == {view.tls_ca: snapshot.TrustedCA(pem=pem)}
     await publishing.publish(conn, result)
 

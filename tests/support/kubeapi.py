@@ -14,6 +14,12 @@ tested if the stand-in behaves like one. This subclass therefore
 - refuses a merge patch whose ``metadata.resourceVersion`` is stale with 409, the
   optimistic concurrency the Lease relies on;
 - can cut every open watch stream (`drop_watches`), as a load balancer would.
+
+Only kmock's public names are imported (``kmock.Bus``, ``kmock.Request``, ``kmock.resource``,
+its error classes). kmock has no public extension point for serving, though: the subclass
+overrides the emulator's own underscore hooks (``_handle``, ``_serve_list``,
+``_serve_watch``, ``_render_error``) and reads or replaces its underscore state
+(``_buses``, ``_requests``, ...), so a kmock release may need this module changed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from typing import Any
 
 import attrs
 import kmock
-from kmock._internal import aiobus, k8s, references, rendering
 
 PODS = "v1/pods"
 SECRETS = "v1/secrets"
@@ -36,12 +41,19 @@ POLICIES = "kube-mail.helmich.me/v1alpha1/emailpolicies"
 SERVERS = "kube-mail.helmich.me/v1alpha1/smtpservers"
 
 
+_CONFLICT = kmock.KubernetesError(
+    status=409, reason="Conflict",
+    message="the object has been modified; please apply your changes to the latest version "
+            "and try again")
+"""What a real API server answers a write with a stale ``metadata.resourceVersion``."""
+
+
 class _Dropped(Exception):
     """Ends one watch stream abruptly (a dropped connection)."""
 
 
 @attrs.define(eq=False)
-class _StampingBus(aiobus.Bus[Any]):
+class _StampingBus(kmock.Bus[Any]):
     owner: Any = None
     resource: Any = None
 
@@ -94,7 +106,7 @@ class VersionedEmulator(kmock.KubernetesEmulator):
         self._buses = _Buses(self)
 
     @property
-    def requests(self) -> list[rendering.Request]:
+    def requests(self) -> list[kmock.Request]:
         """Every request served so far, in order."""
         return list(self._requests)
 
@@ -113,7 +125,7 @@ class VersionedEmulator(kmock.KubernetesEmulator):
 
     def compact(self, resource: str) -> None:
         """Forget every event so far: a watch resuming from an older version gets 410."""
-        res = references.resource(resource)
+        res = kmock.resource(resource)
         self._compacted[res] = self.version
         self._log[res] = []
 
@@ -125,7 +137,7 @@ class VersionedEmulator(kmock.KubernetesEmulator):
     # --- serving ------------------------------------------------------------------------
 
     @staticmethod
-    def _selected(request: rendering.Request, obj: Mapping[str, Any]) -> bool:
+    def _selected(request: kmock.Request, obj: Mapping[str, Any]) -> bool:
         meta = obj.get("metadata", {})
         if request.namespace is not None and meta.get("namespace") != request.namespace:
             return False
@@ -139,7 +151,7 @@ class VersionedEmulator(kmock.KubernetesEmulator):
                 return False
         return _labels_match(request.params.get("labelSelector", ""), meta.get("labels", {}))
 
-    async def _handle(self, request: rendering.Request) -> Any:
+    async def _handle(self, request: kmock.Request) -> Any:
         if (request.action == kmock.action.UPDATE and request.name is not None
                 and isinstance(request.data, dict)):
             wanted = (request.data.get("metadata") or {}).get("resourceVersion")
@@ -147,12 +159,12 @@ class VersionedEmulator(kmock.KubernetesEmulator):
             if wanted and key in self.objects and not self.objects[key].deleted:
                 have = self.objects[key].raw.get("metadata", {}).get("resourceVersion")
                 if have != wanted:
-                    return await self._render_error(k8s.KubernetesObjectConflictError())
+                    return await self._render_error(_CONFLICT)
         return await super()._handle(request)
 
-    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         if request.resource not in self._get_resources():
-            raise k8s.KubernetesResourceNotFoundError()
+            raise kmock.KubernetesResourceNotFoundError()
         items = [
             obj.raw for (resource, _, _), obj in self.objects.items()
             if resource == request.resource and not obj.deleted
@@ -160,7 +172,7 @@ class VersionedEmulator(kmock.KubernetesEmulator):
         ]
         return {"metadata": {"resourceVersion": str(self.version)}, "items": items}
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
         since = request.params.get("resourceVersion", "")
         yield b""
         assert request.resource is not None

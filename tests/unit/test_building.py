@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.rules import building
+from reconciler.rules import building, credentials
+from reconciler.rules import inputs as inputs_mod
 from schemas import names, resources, snapshot
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -67,13 +68,13 @@ def secret(name: str = "login", namespace: str = "app", *, annotations: dict[str
     )
 
 
-def pod(name: str, namespace: str = "app", *networks: str, **labels: str) -> building.Endpoint:
-    return building.Endpoint(source=f"pod:{namespace}/{name}", namespace=namespace,
+def pod(name: str, namespace: str = "app", *networks: str, **labels: str) -> inputs_mod.Endpoint:
+    return inputs_mod.Endpoint(source=f"pod:{namespace}/{name}", namespace=namespace,
                              labels=labels, networks=list(networks) or ["10.0.0.1"])
 
 
 def build(**inputs: Any) -> building.Build:
-    return building.build(building.Inputs(**inputs), now=NOW, source="test")
+    return building.build(inputs_mod.Inputs(**inputs), now=NOW, source="test")
 
 
 def routes(result: building.Build) -> dict[str, str]:
@@ -100,7 +101,7 @@ def test_each_network_of_a_selected_pod_gets_a_route() -> None:
 
 def test_static_cidrs_are_normalized() -> None:
     """Host bits of a CIDR are dropped; invalid networks are skipped, not fatal."""
-    static = building.Endpoint(source="static:app/office", namespace="app", labels={},
+    static = inputs_mod.Endpoint(source="static:app/office", namespace="app", labels={},
                                networks=["192.168.1.7/24", "not-an-ip", "FD00:0::/64"])
     result = build(policies=[policy("all")], endpoints=[static])
     assert routes(result) == {"192.168.1.0/24": "app/all", "fd00::/64": "app/all"}
@@ -258,7 +259,7 @@ def test_catcher_policy_needs_no_server() -> None:
     (smtp_sink(secret="login", secret_ns="vault"),
      {"servers": [server()], "secrets": [secret(
          namespace="vault",
-         annotations={building.ALLOWED_NAMESPACES_ANNOTATION: "billing, other"})]},
+         annotations={credentials.ALLOWED_NAMESPACES_ANNOTATION: "billing, other"})]},
      "CrossNamespaceSecretNotGranted"),
 ])
 def test_unresolvable_policy_is_not_ready_and_left_out(
@@ -281,7 +282,7 @@ def test_cross_namespace_secret_with_grant(granted: str) -> None:
     """The annotation listing the policy's namespace (or *) grants the Secret."""
     result = build(servers=[server()],
                    secrets=[secret(namespace="vault", annotations={
-                       building.ALLOWED_NAMESPACES_ANNOTATION: granted})],
+                       credentials.ALLOWED_NAMESPACES_ANNOTATION: granted})],
                    policies=[policy("web", sink=smtp_sink(secret="login", secret_ns="vault"))])
     assert condition(result, "EmailPolicy:app/web").status == "True"
     assert result.snapshot.policies["app/web"].credentials == "vault__login"
@@ -363,8 +364,8 @@ def test_invalid_extras_make_the_policy_not_ready(extra: dict[str, Any], reason:
 # --- determinism and digest ---------------------------------------------------------------
 
 
-def _world() -> building.Inputs:
-    return building.Inputs(
+def _world() -> inputs_mod.Inputs:
+    return inputs_mod.Inputs(
         servers=[server("relay"), server("other", "infra")],
         secrets=[secret()],
         policies=[policy("a", selector={"matchLabels": {"app": "a"}},
@@ -381,7 +382,7 @@ def _world() -> building.Inputs:
 def test_output_does_not_depend_on_input_order(rnd: random.Random) -> None:
     """Shuffled inputs build byte-identical snapshots, credentials and conditions."""
     world = _world()
-    shuffled = building.Inputs(**{
+    shuffled = inputs_mod.Inputs(**{
         field: rnd.sample(getattr(world, field), len(getattr(world, field)))
         for field in ("servers", "secrets", "policies", "endpoints")})
     one = building.build(world, now=NOW, source="test")
@@ -421,12 +422,12 @@ def test_ten_thousand_pods_and_a_thousand_policies_build_every_route() -> None:
                 for i in range(1000)]
     policies += [policy("fallback", f"ns{n}", default=True) for n in range(namespaces)]
     endpoints = [
-        building.Endpoint(source=f"pod:ns{j % 1000 % namespaces}/pod{j}",
+        inputs_mod.Endpoint(source=f"pod:ns{j % 1000 % namespaces}/pod{j}",
                           namespace=f"ns{j % 1000 % namespaces}",
                           labels={"app": f"app{j % 1100}", "hash": f"h{j}"},
                           networks=[f"10.{j >> 16}.{(j >> 8) & 255}.{j & 255}"])
         for j in range(10_000)]
-    inputs = building.Inputs(policies=policies, endpoints=endpoints)
+    inputs = inputs_mod.Inputs(policies=policies, endpoints=endpoints)
     result = building.build(inputs, now=NOW, source="test")
     assert len(result.snapshot.routes) == 10_000
     by_network = {route.network: route.policy for route in result.snapshot.routes}
@@ -457,7 +458,7 @@ def test_a_config_map_ca_goes_to_the_credentials_bucket_not_the_snapshot() -> No
                                    tlsCA={"configMapKeyRef": {"name": "company-ca"}})],
                    config_maps=[config_map()], policies=[policy("web", sink=smtp_sink())])
     view = result.snapshot.upstreams["app/relay"]
-    assert view.tls_ca == building.ca_key(PEM) and view.tls_ca.startswith("ca.")
+    assert view.tls_ca == credentials.ca_key(PEM) and view.tls_ca.startswith("ca.")
     assert result.cas == {view.tls_ca: snapshot.TrustedCA(pem=PEM)}
     assert PEM.encode() not in snapshot.encode_snapshot(result.snapshot)
     assert "app/web" in result.snapshot.policies
@@ -468,7 +469,7 @@ def test_a_secret_ca_is_read_from_its_key_base64_decoded() -> None:
     encoded = base64.b64encode(PEM.encode()).decode()
     result = build(servers=[server(tlsCA={"secretKeyRef": {"name": "tls", "key": "ca.pem"}})],
                    secrets=[secret("tls", data={"ca.pem": encoded})])
-    assert result.cas == {building.ca_key(PEM): snapshot.TrustedCA(pem=PEM)}
+    assert result.cas == {credentials.ca_key(PEM): snapshot.TrustedCA(pem=PEM)}
 
 
 @pytest.mark.parametrize(("tls_ca", "config_maps", "reason"), [

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.rules import building, documents
+from reconciler.rules import inputs as inputs_mod
 from runtime import settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ stringData: {username: robot, password: s3cret}
 """
 
 
-def parse(*docs: str) -> building.Inputs:
+def parse(*docs: str) -> inputs_mod.Inputs:
     return documents.parse("---\n".join(docs), path="policies.yaml")
 
 
@@ -61,7 +62,7 @@ def test_every_kind_decodes() -> None:
     assert [s.metadata.name for s in inputs.servers] == ["relay"]
     assert [p.metadata.name for p in inputs.policies] == ["app"]
     assert [s.metadata.name for s in inputs.secrets] == ["login"]
-    assert inputs.endpoints == [building.Endpoint(
+    assert inputs.endpoints == [inputs_mod.Endpoint(
         source="static:dev/local", namespace="dev", labels={"app": "local"},
         networks=["10.0.0.0/8", "127.0.0.1/32", "::1/128"])]
 
@@ -69,7 +70,7 @@ def test_every_kind_decodes() -> None:
 def test_empty_documents_are_skipped() -> None:
     """A leading or trailing '---' or an empty file is not an error."""
     assert parse("", POLICY, "").policies
-    assert documents.parse("", path="x.yaml") == building.Inputs()
+    assert documents.parse("", path="x.yaml") == inputs_mod.Inputs()
 
 
 @pytest.mark.parametrize(("docs", "expected"), [
@@ -156,10 +157,10 @@ def test_dev_file_routes_localhost_to_the_catcher() -> None:
 
 
 def test_the_dev_policy_ships_inside_the_package() -> None:
-    """The dev policy lives in the podpost package and is declared package data, so a
+    """The dev policy lives in the runtime package and is declared package data, so a
     wheel (``pip install podpost``, the image) carries it, not only a checkout."""
     path = Path(settings.DEV_POLICY)
-    relative = path.relative_to(ROOT / "podpost" / "data").as_posix()
+    relative = path.relative_to(ROOT / "runtime" / "data").as_posix()
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
         "tool"]["setuptools"]
     assert "runtime.data" in setuptools["packages"]

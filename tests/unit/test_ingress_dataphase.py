@@ -9,8 +9,8 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ingress.protocol import read_data
 from ingress.rules import dataphase
-from ingress.sessions import read_data
 
 MAX_LINE = dataphase.MAX_LINE
 

@@ -15,7 +15,6 @@ import base64
 import hashlib
 
 import msgspec
-import nats.errors
 import nats.js.errors
 import structlog
 from nats.js.api import PubAck
@@ -23,10 +22,12 @@ from nats.js.api import PubAck
 from runtime import bus
 from schemas import mail
 
-log = structlog.get_logger("ingress.publishing")
+log = structlog.get_logger("ingress.storing")
 
 _BYTES_PER_S = 2 * 1024 * 1024
-"""The object-store deadline grows with the body at this (pessimistic) rate."""
+"""The object-store deadline grows with the body at this (pessimistic) rate. The ingress's
+deadlines are its client's (``ingress.publish_timeout_s`` plus this), not
+``conn.deadlines``: a client waits for the reply, and a late one gets ``451`` and retries."""
 
 
 class PublishFailed(Exception):
@@ -77,5 +78,5 @@ async def publish(
             payload = mail.envelope_encoder.encode(msgspec.structs.replace(envelope, body_ref=ref))
         async with asyncio.timeout(timeout_s):
             return await conn.js.publish(subject, payload, timeout=timeout_s, headers=headers)
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
+    except bus.TRANSIENT as exc:
         raise PublishFailed(str(exc) or type(exc).__name__) from exc
