@@ -1,6 +1,6 @@
 """aiosmtpd's private names the ingress (and the load kit's upstream) rely on still exist.
 
-`ingress.sessions.IngressSMTP` overrides and calls aiosmtpd internals (``_getaddr``,
+`ingress.protocol.IngressSMTP` overrides and calls aiosmtpd internals (``_getaddr``,
 ``_handle_client``, ``_create_envelope``, ``_set_post_data_state``...) and reads its
 per-session state (``_reader``, ``_writer``, ``_timeout_handle``...). A renamed method would
 not fail: the override would silently stop being called. pyproject pins aiosmtpd below its
@@ -18,6 +18,7 @@ import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP
 
 from ingress import handler as handler_mod
+from ingress import protocol
 from ingress import sessions as sessions_mod
 from loadkit import upstream
 from runtime import bus, policies, settings
@@ -41,13 +42,13 @@ def _defined_by_aiosmtpd(name: str) -> bool:
                if cls.__module__.startswith("aiosmtpd."))
 
 
-async def _session() -> sessions_mod.IngressSMTP:
+async def _session() -> protocol.IngressSMTP:
     """An IngressSMTP as ingress.main builds it, with the real handler; no connection is
     made, so the handler's bus connection is never used (None stands in)."""
     cfg = settings.IngressSettings()
     handler = handler_mod.Handler(typing.cast(bus.Conn, None), cfg, policies.SnapshotHolder(),
                                   "mx.test")
-    return sessions_mod.IngressSMTP(
+    return protocol.IngressSMTP(
         handler, sessions_mod.Sessions(cfg.max_sessions), hostname="mx.test",
         data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True, decode_data=False,
         timeout=cfg.idle_timeout_s, loop=asyncio.get_running_loop())
@@ -87,7 +88,7 @@ async def test_a_session_has_the_state_the_ingress_reads() -> None:
     assert session._timeout_handle is None and session._handler_coroutine is None
     assert session.command_size_limits is not SMTP.command_size_limits
     assert session.line_length_limit == SMTP.line_length_limit
-    assert type(session).line_length_limit == sessions_mod.READ_BUFFER
+    assert type(session).line_length_limit == protocol.READ_BUFFER
     assert session._ehlo_hook_ver == "new"
     assert isinstance(session._create_envelope(), handler_mod.Transaction)
 
