@@ -41,7 +41,6 @@ CLOCK_SKEW_S = 300.0
 then filters on the dead letter's own time."""
 MAIL_WALK_BUDGET = 20_000
 """Queued messages checked for a body reference before purge gives up and keeps it."""
-CONSUMER_PAGES = 100
 
 
 @dataclass(frozen=True)
@@ -300,19 +299,12 @@ async def _subject_counts(conn: bus.Conn, stream: str, subject: str) -> dict[str
 
 async def _consumer_loads(conn: bus.Conn) -> list[reports.ConsumerLoad]:
     loads: list[reports.ConsumerLoad] = []
-    offset = 0
-    for _ in range(CONSUMER_PAGES):
-        async with asyncio.timeout(API_TIMEOUT_S):
-            page = await conn.js.consumers_info(conn.names.mail_stream, offset=offset)
-        for info in page:
-            subjects = [info.config.filter_subject] if info.config.filter_subject else []
-            subjects += info.config.filter_subjects or []
-            loads.extend(reports.ConsumerLoad(filter_subject=subject,
-                                              ack_pending=info.num_ack_pending or 0)
-                         for subject in subjects[:1])
-        if not page:
-            break
-        offset += len(page)
+    for info in await bus.consumer_infos(conn):
+        subjects = [info.config.filter_subject] if info.config.filter_subject else []
+        subjects += info.config.filter_subjects or []
+        loads.extend(reports.ConsumerLoad(filter_subject=subject,
+                                          ack_pending=info.num_ack_pending or 0)
+                     for subject in subjects[:1])
     return loads
 
 

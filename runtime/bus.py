@@ -19,6 +19,7 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
+    ConsumerInfo,
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
@@ -36,6 +37,10 @@ log = structlog.get_logger("podpost.bus")
 
 DAY = 86400.0
 MAX_PAYLOAD_HINT = 1024 * 1024
+CONSUMER_PAGE = 256
+"""The server's page size for consumer lists (JetStream's API list limit)."""
+MAX_CONSUMER_PAGES = 64
+"""Bounds one consumer listing: 16,384 consumers."""
 
 
 TRANSIENT: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSError)
@@ -331,3 +336,18 @@ async def read_body(store: ObjectStore, env: mail.Envelope, timeout_s: float) ->
     except nats.js.errors.NotFoundError:  # ObjectNotFoundError, ObjectDeletedError
         return None
     return result.data or b""
+
+
+async def consumer_infos(conn: Conn, stream: str | None = None) -> list[ConsumerInfo]:
+    """Every consumer of ``stream`` (the MAIL stream by default), paged by what came back:
+    the next page starts after the consumers already read, and a short or empty page is
+    the last one; at most `MAX_CONSUMER_PAGES` requests, each within ``api_s``."""
+    name = conn.names.mail_stream if stream is None else stream
+    infos: list[ConsumerInfo] = []
+    for _ in range(MAX_CONSUMER_PAGES):
+        async with asyncio.timeout(conn.deadlines.api_s):
+            page = await conn.js.consumers_info(name, offset=len(infos))
+        infos.extend(page)
+        if len(page) < CONSUMER_PAGE:
+            break
+    return infos
