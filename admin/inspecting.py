@@ -24,9 +24,9 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from admin.rules import reports, timeline
+from admin.rules import caughtmail, deadletters, identifiers, statusreport, timeline
 from runtime import bus
-from schemas import events, mail, rates
+from schemas import events, mail, names, rates
 from schemas import snapshot as snapshot_mod
 
 API_TIMEOUT_S = 10.0
@@ -129,7 +129,7 @@ async def get(conn: bus.Conn, stream: str, seq: int) -> Stored | None:
 
 @dataclass(frozen=True)
 class Dead:
-    item: reports.DeadItem
+    item: deadletters.DeadItem
     letter: mail.DeadLetter
 
 
@@ -163,7 +163,7 @@ def _decode(stored: Sequence[Stored], decoder: msgspec.json.Decoder[M],
 
 def _decode_dead(stored: Sequence[Stored]) -> Read[Dead]:
     return _decode(stored, mail.dead_letter_decoder,
-                   lambda msg, letter: Dead(reports.dead_item(msg.seq, letter), letter))
+                   lambda msg, letter: Dead(deadletters.dead_item(msg.seq, letter), letter))
 
 
 async def dead_letters(
@@ -187,7 +187,7 @@ async def dead_letter(conn: bus.Conn, seq: int) -> Dead | None:
     return read.found[0] if read.found else None
 
 
-async def find_dead(conn: bus.Conn, ids: reports.Ids) -> tuple[list[Dead], list[str]]:
+async def find_dead(conn: bus.Conn, ids: identifiers.Ids) -> tuple[list[Dead], list[str]]:
     """The dead letters named by ``ids`` and the ids that named nothing. Sequences are
     read one by one; a mail id needs a scan of the stream."""
     if ids.mail_ids:
@@ -195,13 +195,13 @@ async def find_dead(conn: bus.Conn, ids: reports.Ids) -> tuple[list[Dead], list[
     else:
         every = [dead for seq in ids.seqs if (dead := await dead_letter(conn, seq)) is not None]
     by_seq = {dead.item.seq: dead for dead in every}
-    items, unknown = reports.pick([dead.item for dead in every], ids)
+    items, unknown = identifiers.pick([dead.item for dead in every], ids)
     return [by_seq[item.seq] for item in items], unknown
 
 
 @dataclass(frozen=True)
 class CaughtMail:
-    item: reports.CaughtItem
+    item: caughtmail.CaughtItem
     caught: mail.Caught
 
 
@@ -211,16 +211,16 @@ async def caught(conn: bus.Conn, *, with_subjects: bool = True) -> Read[CaughtMa
 
     def make(msg: Stored, kept: mail.Caught) -> CaughtMail:
         body = kept.envelope.body
-        subject = reports.subject_of(body) if with_subjects and body is not None else ""
-        return CaughtMail(reports.caught_item(msg.seq, kept, subject), kept)
+        subject = caughtmail.subject_of(body) if with_subjects and body is not None else ""
+        return CaughtMail(caughtmail.caught_item(msg.seq, kept, subject), kept)
 
     return _decode(stored, mail.caught_decoder, make)
 
 
-async def find_caught(conn: bus.Conn, ids: reports.Ids) -> tuple[list[CaughtMail], list[str]]:
+async def find_caught(conn: bus.Conn, ids: identifiers.Ids) -> tuple[list[CaughtMail], list[str]]:
     every = (await caught(conn)).found
     by_seq = {kept.item.seq: kept for kept in every}
-    items, unknown = reports.pick([kept.item for kept in every], ids)
+    items, unknown = identifiers.pick([kept.item for kept in every], ids)
     return [by_seq[item.seq] for item in items], unknown
 
 
@@ -297,12 +297,12 @@ async def _subject_counts(conn: bus.Conn, stream: str, subject: str) -> dict[str
     return dict(info.state.subjects or {})
 
 
-async def _consumer_loads(conn: bus.Conn) -> list[reports.ConsumerLoad]:
-    loads: list[reports.ConsumerLoad] = []
+async def _consumer_loads(conn: bus.Conn) -> list[statusreport.ConsumerLoad]:
+    loads: list[statusreport.ConsumerLoad] = []
     for info in await bus.consumer_infos(conn):
         subjects = [info.config.filter_subject] if info.config.filter_subject else []
         subjects += info.config.filter_subjects or []
-        loads.extend(reports.ConsumerLoad(filter_subject=subject,
+        loads.extend(statusreport.ConsumerLoad(filter_subject=subject,
                                           ack_pending=info.num_ack_pending or 0)
                      for subject in subjects[:1])
     return loads
@@ -310,7 +310,8 @@ async def _consumer_loads(conn: bus.Conn) -> list[reports.ConsumerLoad]:
 
 async def _attempt_records(conn: bus.Conn) -> tuple[list[mail.AttemptRecord], int]:
     bucket = conn.names.attempts_bucket
-    stored = await scan(conn, f"KV_{bucket}", f"$KV.{bucket}.>", last_per_subject=True)
+    stored = await scan(conn, names.kv_stream(bucket), names.kv_filter(bucket),
+                        last_per_subject=True)
     records: list[mail.AttemptRecord] = []
     bad = 0
     for msg in stored:
@@ -328,7 +329,8 @@ async def rate_used(conn: bus.Conn, now: datetime) -> dict[str, int]:
     window's ``sent``, not its ``used``, which also holds the tokens dispatchers reserved
     for fetches still waiting for mail."""
     bucket = conn.names.rates_bucket
-    stored = await scan(conn, f"KV_{bucket}", f"$KV.{bucket}.>", last_per_subject=True)
+    stored = await scan(conn, names.kv_stream(bucket), names.kv_filter(bucket),
+                        last_per_subject=True)
     windows: list[rates.RateWindow] = []
     for msg in stored:
         if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
@@ -354,15 +356,15 @@ async def policy_snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot |
         return None, entry.revision or 0
 
 
-async def status(conn: bus.Conn, now: datetime) -> reports.StatusReport:
-    names = conn.names
-    queued = await _subject_counts(conn, names.mail_stream, names.mail_filter())
-    dead = await _subject_counts(conn, names.dead_stream, names.dead_filter())
+async def status(conn: bus.Conn, now: datetime) -> statusreport.StatusReport:
+    bus_names = conn.names
+    queued = await _subject_counts(conn, bus_names.mail_stream, bus_names.mail_filter())
+    dead = await _subject_counts(conn, bus_names.dead_stream, bus_names.dead_filter())
     consumers = await _consumer_loads(conn)
     records, bad = await _attempt_records(conn)
     snap, revision = await policy_snapshot(conn)
     used = await rate_used(conn, now)
-    report = reports.status_report(names, now=now, queued=queued, consumers=consumers,
+    report = statusreport.status_report(bus_names, now=now, queued=queued, consumers=consumers,
                                    attempts=records, dead=dead, snap=snap, revision=revision,
                                    rate_used=used)
     return msgspec.structs.replace(report, unreadable_attempts=bad)

@@ -19,7 +19,7 @@ import msgspec
 import nats.js.errors
 
 from admin import inspecting
-from admin.rules import reports
+from admin.rules import deadletters
 from runtime import bus, eventing
 from schemas import events
 
@@ -36,20 +36,20 @@ def _nothing() -> None:
 async def purge(
     conn: bus.Conn, chosen: Sequence[inspecting.Dead], *, dry_run: bool, now: datetime,
     advance: Callable[[], None] = _nothing,
-) -> list[reports.Purge]:
+) -> list[deadletters.Purge]:
     """Purge ``chosen``; one row each, saying what became of it and of its body."""
-    rows: list[reports.Purge] = []
+    rows: list[deadletters.Purge] = []
     for dead in chosen:
         item = dead.item
         if dry_run:
-            rows.append(reports.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PLANNED,
+            rows.append(deadletters.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PLANNED,
                                       body="none" if item.body_object is None else PLANNED))
             continue
         await delete_dead(conn, item.seq)
         await eventing.emit(conn, events.Purged(
             mail_id=item.mail_id, at=now, policy=item.policy, upstream=item.upstream,
             dead_seq=item.seq))
-        rows.append(reports.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PURGED))
+        rows.append(deadletters.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PURGED))
         advance()
     if dry_run:
         return rows
@@ -89,7 +89,7 @@ async def release_bodies(conn: bus.Conn, candidates: Iterable[str]) -> dict[str,
         return dict.fromkeys(wanted, "unchecked")
     fates = dict.fromkeys(wanted, "kept")
     store = await bus.bodies(conn)
-    for name in reports.orphaned(wanted, used | queued):
+    for name in deadletters.orphaned(wanted, used | queued):
         fates[name] = "deleted"
         try:
             async with asyncio.timeout(API_TIMEOUT_S):

@@ -31,7 +31,7 @@ import nats.js.errors
 from nats.js.object_store import ObjectStore
 
 from admin import inspecting, purging
-from admin.rules import reports
+from admin.rules import deadletters
 from runtime import bus, eventing
 from schemas import events, mail
 
@@ -52,12 +52,12 @@ def _nothing() -> None:
 async def replay(
     conn: bus.Conn, chosen: Sequence[inspecting.Dead], *, to_upstream: str | None,
     dry_run: bool, now: datetime, advance: Callable[[], None] = _nothing,
-) -> list[reports.Replay]:
+) -> list[deadletters.Replay]:
     """Replay ``chosen`` in stream order; one row each saying what became of it."""
     store: ObjectStore | None = None
     if not dry_run and any(dead.letter.envelope.body_ref for dead in chosen):
         store = await bus.bodies(conn)
-    rows: list[reports.Replay] = []
+    rows: list[deadletters.Replay] = []
     moved: set[str] = set()
     for dead in chosen:
         row = await _one(conn, store, dead, to_upstream=to_upstream, dry_run=dry_run, now=now)
@@ -73,13 +73,13 @@ async def replay(
 async def _one(
     conn: bus.Conn, store: ObjectStore | None, dead: inspecting.Dead, *,
     to_upstream: str | None, dry_run: bool, now: datetime,
-) -> reports.Replay:
+) -> deadletters.Replay:
     env = dead.letter.envelope
     seq = dead.item.seq
-    msg_id = reports.replay_msg_id(env.id, seq)
-    again = reports.replay_envelope(env, seq, to_upstream)
+    msg_id = deadletters.replay_msg_id(env.id, seq)
+    again = deadletters.replay_envelope(env, seq, to_upstream)
     subject = conn.names.mail_subject(again.upstream, again.policy)
-    row = reports.Replay(seq=seq, mail_id=env.id, policy=env.policy,
+    row = deadletters.Replay(seq=seq, mail_id=env.id, policy=env.policy,
                          from_upstream=env.upstream, to_upstream=again.upstream,
                          subject=subject, msg_id=msg_id, rcpt_to=list(env.rcpt_to),
                          outcome=PLANNED)

@@ -26,7 +26,7 @@ import typer
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from admin.rules import reports
+from admin.rules import identifiers
 from runtime import bus, logs
 from runtime import settings as settings_mod
 from schemas import durations, names
@@ -95,9 +95,9 @@ def key(option: str, text: str | None) -> str | None:
     return text
 
 
-def ids(texts: list[str]) -> reports.Ids:
+def ids(texts: list[str]) -> identifiers.Ids:
     try:
-        return reports.parse_ids(texts)
+        return identifiers.parse_ids(texts)
     except ValueError as exc:
         raise Failure(str(exc), USAGE) from None
 
