@@ -23,8 +23,6 @@ from admin.rules import deadletters
 from runtime import bus, eventing
 from schemas import events
 
-API_TIMEOUT_S = 10.0
-
 PURGED = "purged"
 PLANNED = "planned"
 
@@ -67,7 +65,7 @@ NO_MESSAGE = 10057
 async def delete_dead(conn: bus.Conn, seq: int) -> bool:
     """Delete one dead letter; False when it was gone already (another operator)."""
     try:
-        async with asyncio.timeout(API_TIMEOUT_S):
+        async with asyncio.timeout(conn.deadlines.api_s):
             return await conn.js.delete_msg(conn.names.dead_stream, seq)
     except nats.js.errors.APIError as exc:
         if exc.err_code == NO_MESSAGE or isinstance(exc, nats.js.errors.NotFoundError):
@@ -92,7 +90,7 @@ async def release_bodies(conn: bus.Conn, candidates: Iterable[str]) -> dict[str,
     for name in deadletters.orphaned(wanted, used | queued):
         fates[name] = "deleted"
         try:
-            async with asyncio.timeout(API_TIMEOUT_S):
+            async with asyncio.timeout(conn.deadlines.api_s):
                 await store.delete(name)
         except nats.js.errors.NotFoundError:
             fates[name] = "missing"
