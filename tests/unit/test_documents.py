@@ -156,10 +156,10 @@ def test_dev_file_routes_localhost_to_the_catcher() -> None:
 
 
 def test_the_dev_policy_ships_inside_the_package() -> None:
-    """The dev policy lives in the podpost package and is declared package data, so a
+    """The dev policy lives in the runtime package and is declared package data, so a
     wheel (``pip install podpost``, the image) carries it, not only a checkout."""
     path = Path(settings.DEV_POLICY)
-    relative = path.relative_to(ROOT / "podpost" / "data").as_posix()
+    relative = path.relative_to(ROOT / "runtime" / "data").as_posix()
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
         "tool"]["setuptools"]
     assert "runtime.data" in setuptools["packages"]
