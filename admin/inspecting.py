@@ -206,7 +206,7 @@ async def _consumer_loads(conn: bus.Conn) -> list[statusreport.ConsumerLoad]:
         subjects = [info.config.filter_subject] if info.config.filter_subject else []
         subjects += info.config.filter_subjects or []
         loads.extend(statusreport.ConsumerLoad(filter_subject=subject,
-                                          ack_pending=info.num_ack_pending or 0)
+                                               ack_pending=info.num_ack_pending or 0)
                      for subject in subjects[:1])
     return loads
 
@@ -258,8 +258,8 @@ async def status(conn: bus.Conn, now: datetime) -> statusreport.StatusReport:
     snap, revision = await policy_snapshot(conn)
     used = await rate_used(conn, now)
     report = statusreport.status_report(bus_names, now=now, queued=queued, consumers=consumers,
-                                   attempts=records, dead=dead, snap=snap, revision=revision,
-                                   rate_used=used)
+                                        attempts=records, dead=dead, snap=snap, revision=revision,
+                                        rate_used=used)
     return msgspec.structs.replace(report, unreadable_attempts=bad)
 
 

@@ -41,7 +41,7 @@ async def purge(
         item = dead.item
         if dry_run:
             rows.append(deadletters.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PLANNED,
-                                      body="none" if item.body_object is None else PLANNED))
+                                          body="none" if item.body_object is None else PLANNED))
             continue
         await delete_dead(conn, item.seq)
         await eventing.emit(conn, events.Purged(

@@ -76,9 +76,9 @@ async def _one(
     again = deadletters.replay_envelope(env, seq, to_upstream)
     subject = conn.names.mail_subject(again.upstream, again.policy)
     row = deadletters.Replay(seq=seq, mail_id=env.id, policy=env.policy,
-                         from_upstream=env.upstream, to_upstream=again.upstream,
-                         subject=subject, msg_id=msg_id, rcpt_to=list(env.rcpt_to),
-                         outcome=PLANNED)
+                             from_upstream=env.upstream, to_upstream=again.upstream,
+                             subject=subject, msg_id=msg_id, rcpt_to=list(env.rcpt_to),
+                             outcome=PLANNED)
     if dry_run:
         return row
     if env.body_ref is not None:

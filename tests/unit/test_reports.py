@@ -134,7 +134,7 @@ def test_status_folds_counts_per_upstream_and_policy() -> None:
         queued={BUS.mail_subject("mail/up", "apps/web"): 4,
                 BUS.mail_subject("mail/gone", "apps/old"): 1},
         consumers=[statusreport.ConsumerLoad(filter_subject=BUS.mail_subject("mail/up", "apps/web"),
-                                        ack_pending=2)],
+                                             ack_pending=2)],
         attempts=[future, past], dead={BUS.dead_subject("mail/up"): 3}, snap=snap,
         revision=7)
     assert report.snapshot == statusreport.SnapshotStatus(
@@ -151,8 +151,8 @@ def test_status_folds_counts_per_upstream_and_policy() -> None:
 def test_status_without_a_snapshot() -> None:
     """Before the first snapshot there is nothing to compare with: all rows are known."""
     report = statusreport.status_report(BUS, now=NOW, queued={}, consumers=[], attempts=[],
-                                   dead={BUS.dead_subject("mail/up"): 1}, snap=None,
-                                   revision=0)
+                                        dead={BUS.dead_subject("mail/up"): 1}, snap=None,
+                                        revision=0)
     assert report.snapshot is None
     assert [(u.upstream, u.dead, u.known, u.policies) for u in report.upstreams] == [
         ("mail/up", 1, True, [])]

@@ -23,7 +23,7 @@ def _snap() -> snapshot.PolicySnapshot:
 
 def _usage(rate_used: dict[str, int] | None) -> dict[str, statusreport.RateUsage | None]:
     report = statusreport.status_report(BUS, now=NOW, queued={}, consumers=[], attempts=[],
-                                   dead={}, snap=_snap(), revision=1, rate_used=rate_used)
+                                        dead={}, snap=_snap(), revision=1, rate_used=rate_used)
     return {p.policy: p.ratelimit for u in report.upstreams for p in u.policies}
 
 

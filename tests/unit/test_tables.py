@@ -120,7 +120,7 @@ def test_status_rows_and_caption() -> None:
     report = statusreport.StatusReport(
         at=NOW,
         snapshot=statusreport.SnapshotStatus(revision=7, generated_at=NOW - timedelta(minutes=5),
-                                        age_s=300.0),
+                                             age_s=300.0),
         upstreams=[
             statusreport.UpstreamStatus(upstream="mail/gone", queued=1, known=False),
             statusreport.UpstreamStatus(
@@ -142,8 +142,8 @@ def test_status_rows_and_caption() -> None:
 def test_replays_and_purges() -> None:
     """A re-routed replay shows both upstreams; dry runs say what would happen."""
     replay = deadletters.Replay(seq=3, mail_id="m", policy="apps/web", from_upstream="mail/up",
-                            to_upstream="mail/other", subject="s", msg_id="m.replay.3",
-                            rcpt_to=["a@x"], outcome="queued")
+                                to_upstream="mail/other", subject="s", msg_id="m.replay.3",
+                                rcpt_to=["a@x"], outcome="queued")
     text = render(tables.replays([replay], dry_run=False))
     assert "replayed 1 dead letter" in text and "mail/up -> mail/other" in text
     assert "would replay 1" in render(tables.replays([replay], dry_run=True))
