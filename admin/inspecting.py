@@ -1,128 +1,34 @@
 """Read what the operator commands show: dead letters, caught mail, a mail's events, bodies
 and the counts behind ``podpost status``.
 
-Streams are read with a short-lived, memory-backed, unacknowledged pull consumer that
-fetches in batches and stops at the number of messages it found when created (or when the
-server says nothing is left), so a read is a handful of round trips, bounded in count and
-time, and never disturbs the durable consumers. Single messages are read by sequence. The
-MAIL stream is a work queue, which refuses a second consumer on the same subjects: it is
-only ever walked by sequence, with a budget.
+Streams are read with `runtime.scanning` (a scan that never disturbs the durable
+consumers, bounded in count and time); single messages by sequence. The MAIL stream is a
+work queue, which refuses a second consumer on the same subjects: it is only ever walked
+by sequence, with a budget. What it reads is folded into rows by `admin.rules`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 import msgspec
-import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from admin.rules import reports, timeline
-from runtime import bus
-from schemas import events, mail, rates
+from admin.rules import caughtmail, deadletters, identifiers, statusreport, timeline
+from runtime import bus, scanning
+from schemas import events, mail, names, rates
 from schemas import snapshot as snapshot_mod
 
-API_TIMEOUT_S = 10.0
-"""Deadline of each JetStream API request made here."""
-FETCH_BATCH = 256
-FETCH_TIMEOUT_S = 5.0
-"""A fetch returns at once when messages are there; this only bounds a stall."""
-MAX_SCAN = 1_000_000
-"""No read takes more messages than this, whatever the stream holds."""
 CLOCK_SKEW_S = 300.0
 """``--since`` asks the server for messages stored after the cutoff minus this margin,
 then filters on the dead letter's own time."""
 MAIL_WALK_BUDGET = 20_000
 """Queued messages checked for a body reference before purge gives up and keeps it."""
-CONSUMER_PAGES = 100
-
-
-@dataclass(frozen=True)
-class Stored:
-    """One message as a stream holds it."""
-
-    seq: int
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-    time: datetime | None
-
-
-async def scan(
-    conn: bus.Conn,
-    stream: str,
-    subject: str,
-    *,
-    start_time: datetime | None = None,
-    start_seq: int | None = None,
-    last_per_subject: bool = False,
-    limit: int = MAX_SCAN,
-) -> list[Stored]:
-    """Every message of ``stream`` matching ``subject``, in stream order."""
-    policy = DeliverPolicy.ALL
-    if last_per_subject:
-        policy = DeliverPolicy.LAST_PER_SUBJECT
-    elif start_seq is not None:
-        policy = DeliverPolicy.BY_START_SEQUENCE
-    elif start_time is not None:
-        policy = DeliverPolicy.BY_START_TIME
-    name = f"podpost-cli-{secrets.token_hex(6)}"
-    config = ConsumerConfig(
-        name=name, filter_subject=subject, deliver_policy=policy, ack_policy=AckPolicy.NONE,
-        opt_start_seq=start_seq if policy is DeliverPolicy.BY_START_SEQUENCE else None,
-        opt_start_time=start_time if policy is DeliverPolicy.BY_START_TIME else None,
-        inactive_threshold=60.0, mem_storage=True, num_replicas=1,
-    )
-    async with asyncio.timeout(API_TIMEOUT_S):
-        info = await conn.js.add_consumer(stream, config)
-    out: list[Stored] = []
-    try:
-        wanted = min(info.num_pending or 0, limit)
-        if wanted == 0:
-            return out
-        psub = await conn.js.pull_subscribe_bind(consumer=name, stream=stream)
-        try:
-            for _ in range(wanted):  # each round takes at least one message, or stops
-                try:
-                    batch = await psub.fetch(min(FETCH_BATCH, wanted - len(out)),
-                                             timeout=FETCH_TIMEOUT_S)
-                except nats.errors.TimeoutError:
-                    break  # messages deleted while we read: nothing more will come
-                done = False
-                for msg in batch:
-                    meta = msg.metadata
-                    out.append(Stored(seq=meta.sequence.stream, subject=msg.subject,
-                                      data=msg.data, headers=dict(msg.headers or {}),
-                                      time=meta.timestamp))
-                    done = meta.num_pending == 0
-                if done or len(out) >= wanted:
-                    break
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await psub.unsubscribe()
-    finally:
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            async with asyncio.timeout(API_TIMEOUT_S):
-                await conn.js.delete_consumer(stream, name)
-    return out
-
-
-async def get(conn: bus.Conn, stream: str, seq: int) -> Stored | None:
-    """One message by sequence; None when the stream does not hold it."""
-    try:
-        async with asyncio.timeout(API_TIMEOUT_S):
-            raw = await conn.js.get_msg(stream, seq=seq)
-    except nats.js.errors.NotFoundError:
-        return None
-    return Stored(seq=raw.seq or seq, subject=raw.subject or "", data=raw.data or b"",
-                  headers=dict(raw.headers or {}), time=raw.time)
 
 
 # --- dead letters and caught mail ---------------------------------------------------------
@@ -130,7 +36,7 @@ async def get(conn: bus.Conn, stream: str, seq: int) -> Stored | None:
 
 @dataclass(frozen=True)
 class Dead:
-    item: reports.DeadItem
+    item: deadletters.DeadItem
     letter: mail.DeadLetter
 
 
@@ -147,8 +53,8 @@ class Read(Generic[T]):
     last_seq: int = 0
 
 
-def _decode(stored: Sequence[Stored], decoder: msgspec.json.Decoder[M],
-            make: Callable[[Stored, M], T]) -> Read[T]:
+def _decode(stored: Sequence[scanning.Stored], decoder: msgspec.json.Decoder[M],
+            make: Callable[[scanning.Stored, M], T]) -> Read[T]:
     """Decode each stored message and make its row; count what does not decode."""
     found: list[T] = []
     bad = 0
@@ -162,9 +68,9 @@ def _decode(stored: Sequence[Stored], decoder: msgspec.json.Decoder[M],
     return Read(found, bad, max((msg.seq for msg in stored), default=0))
 
 
-def _decode_dead(stored: Sequence[Stored]) -> Read[Dead]:
+def _decode_dead(stored: Sequence[scanning.Stored]) -> Read[Dead]:
     return _decode(stored, mail.dead_letter_decoder,
-                   lambda msg, letter: Dead(reports.dead_item(msg.seq, letter), letter))
+                   lambda msg, letter: Dead(deadletters.dead_item(msg.seq, letter), letter))
 
 
 async def dead_letters(
@@ -174,21 +80,21 @@ async def dead_letters(
     """Dead letters, for one upstream (its subject) or all; ``since`` only narrows what the
     server sends (by storage time, with a margin): filter on ``dead_at`` afterwards."""
     start = None if since is None else since - timedelta(seconds=CLOCK_SKEW_S)
-    stored = await scan(conn, conn.names.dead_stream, conn.names.dead_filter(upstream),
+    stored = await scanning.scan(conn, conn.names.dead_stream, conn.names.dead_filter(upstream),
                         start_time=start, start_seq=start_seq)
     return _decode_dead(stored)
 
 
 async def dead_letter(conn: bus.Conn, seq: int) -> Dead | None:
     """One dead letter by DEAD sequence; None when it is not there (or not a dead letter)."""
-    stored = await get(conn, conn.names.dead_stream, seq)
+    stored = await scanning.get(conn, conn.names.dead_stream, seq)
     if stored is None:
         return None
     read = _decode_dead([stored])
     return read.found[0] if read.found else None
 
 
-async def find_dead(conn: bus.Conn, ids: reports.Ids) -> tuple[list[Dead], list[str]]:
+async def find_dead(conn: bus.Conn, ids: identifiers.Ids) -> tuple[list[Dead], list[str]]:
     """The dead letters named by ``ids`` and the ids that named nothing. Sequences are
     read one by one; a mail id needs a scan of the stream."""
     if ids.mail_ids:
@@ -196,32 +102,32 @@ async def find_dead(conn: bus.Conn, ids: reports.Ids) -> tuple[list[Dead], list[
     else:
         every = [dead for seq in ids.seqs if (dead := await dead_letter(conn, seq)) is not None]
     by_seq = {dead.item.seq: dead for dead in every}
-    items, unknown = reports.pick([dead.item for dead in every], ids)
+    items, unknown = identifiers.pick([dead.item for dead in every], ids)
     return [by_seq[item.seq] for item in items], unknown
 
 
 @dataclass(frozen=True)
 class CaughtMail:
-    item: reports.CaughtItem
+    item: caughtmail.CaughtItem
     caught: mail.Caught
 
 
 async def caught(conn: bus.Conn, *, with_subjects: bool = True) -> Read[CaughtMail]:
     """Every mail the catcher kept (the Subject is read from inline bodies only)."""
-    stored = await scan(conn, conn.names.caught_stream, conn.names.caught_filter())
+    stored = await scanning.scan(conn, conn.names.caught_stream, conn.names.caught_filter())
 
-    def make(msg: Stored, kept: mail.Caught) -> CaughtMail:
+    def make(msg: scanning.Stored, kept: mail.Caught) -> CaughtMail:
         body = kept.envelope.body
-        subject = reports.subject_of(body) if with_subjects and body is not None else ""
-        return CaughtMail(reports.caught_item(msg.seq, kept, subject), kept)
+        subject = caughtmail.subject_of(body) if with_subjects and body is not None else ""
+        return CaughtMail(caughtmail.caught_item(msg.seq, kept, subject), kept)
 
     return _decode(stored, mail.caught_decoder, make)
 
 
-async def find_caught(conn: bus.Conn, ids: reports.Ids) -> tuple[list[CaughtMail], list[str]]:
+async def find_caught(conn: bus.Conn, ids: identifiers.Ids) -> tuple[list[CaughtMail], list[str]]:
     every = (await caught(conn)).found
     by_seq = {kept.item.seq: kept for kept in every}
-    items, unknown = reports.pick([kept.item for kept in every], ids)
+    items, unknown = identifiers.pick([kept.item for kept in every], ids)
     return [by_seq[item.seq] for item in items], unknown
 
 
@@ -235,14 +141,10 @@ async def body(conn: bus.Conn, env: mail.Envelope) -> bytes:
         return env.body
     if env.body_ref is None:
         raise BodyMissing(f"mail {env.id} has no body")
-    store = await bus.bodies(conn)
-    try:
-        async with asyncio.timeout(60.0):  # up to 25 MiB
-            result = await store.get(env.body_ref.name)
-    except nats.js.errors.NotFoundError:  # never stored, or deleted
-        raise BodyMissing(f"body object {env.body_ref.name!r} of mail {env.id} is gone"
-                          ) from None
-    return result.data or b""
+    data = await bus.read_body(await bus.bodies(conn), env, conn.deadlines.body_s)
+    if data is None:  # never stored, or deleted
+        raise BodyMissing(f"body object {env.body_ref.name!r} of mail {env.id} is gone")
+    return data
 
 
 # --- trace ----------------------------------------------------------------------------------
@@ -260,7 +162,7 @@ async def history(conn: bus.Conn, mail_id: str, *, since: datetime | None = None
     """Every event of one mail, oldest first (`timeline.ordered`: by time, not by arrival).
     Events are published per kind, not per mail, so this scans the stream; only the mail
     id of each event is decoded until one matches."""
-    stored = await scan(conn, conn.names.events_stream, conn.names.events_filter(),
+    stored = await scanning.scan(conn, conn.names.events_stream, conn.names.events_filter(),
                         start_time=since)
     found: list[events.AnyEvent] = []
     for msg in stored:
@@ -278,7 +180,7 @@ async def dead_letter_fates(conn: bus.Conn) -> list[events.Replayed | events.Pur
     letters that are gone from DEAD. Only those two event subjects are read."""
     found: list[events.Replayed | events.Purged] = []
     for kind in ("replayed", "purged"):
-        stored = await scan(conn, conn.names.events_stream, conn.names.event_subject(kind))
+        stored = await scanning.scan(conn, conn.names.events_stream, conn.names.event_subject(kind))
         for msg in stored:
             try:
                 event = events.event_decoder.decode(msg.data)
@@ -293,32 +195,26 @@ async def dead_letter_fates(conn: bus.Conn) -> list[events.Replayed | events.Pur
 
 
 async def _subject_counts(conn: bus.Conn, stream: str, subject: str) -> dict[str, int]:
-    async with asyncio.timeout(API_TIMEOUT_S):
+    async with asyncio.timeout(conn.deadlines.api_s):
         info = await conn.js.stream_info(stream, subjects_filter=subject)
     return dict(info.state.subjects or {})
 
 
-async def _consumer_loads(conn: bus.Conn) -> list[reports.ConsumerLoad]:
-    loads: list[reports.ConsumerLoad] = []
-    offset = 0
-    for _ in range(CONSUMER_PAGES):
-        async with asyncio.timeout(API_TIMEOUT_S):
-            page = await conn.js.consumers_info(conn.names.mail_stream, offset=offset)
-        for info in page:
-            subjects = [info.config.filter_subject] if info.config.filter_subject else []
-            subjects += info.config.filter_subjects or []
-            loads.extend(reports.ConsumerLoad(filter_subject=subject,
-                                              ack_pending=info.num_ack_pending or 0)
-                         for subject in subjects[:1])
-        if not page:
-            break
-        offset += len(page)
+async def _consumer_loads(conn: bus.Conn) -> list[statusreport.ConsumerLoad]:
+    loads: list[statusreport.ConsumerLoad] = []
+    for info in await bus.consumer_infos(conn):
+        subjects = [info.config.filter_subject] if info.config.filter_subject else []
+        subjects += info.config.filter_subjects or []
+        loads.extend(statusreport.ConsumerLoad(filter_subject=subject,
+                                               ack_pending=info.num_ack_pending or 0)
+                     for subject in subjects[:1])
     return loads
 
 
 async def _attempt_records(conn: bus.Conn) -> tuple[list[mail.AttemptRecord], int]:
     bucket = conn.names.attempts_bucket
-    stored = await scan(conn, f"KV_{bucket}", f"$KV.{bucket}.>", last_per_subject=True)
+    stored = await scanning.scan(conn, names.kv_stream(bucket), names.kv_filter(bucket),
+                        last_per_subject=True)
     records: list[mail.AttemptRecord] = []
     bad = 0
     for msg in stored:
@@ -336,7 +232,8 @@ async def rate_used(conn: bus.Conn, now: datetime) -> dict[str, int]:
     window's ``sent``, not its ``used``, which also holds the tokens dispatchers reserved
     for fetches still waiting for mail."""
     bucket = conn.names.rates_bucket
-    stored = await scan(conn, f"KV_{bucket}", f"$KV.{bucket}.>", last_per_subject=True)
+    stored = await scanning.scan(conn, names.kv_stream(bucket), names.kv_filter(bucket),
+                        last_per_subject=True)
     windows: list[rates.RateWindow] = []
     for msg in stored:
         if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
@@ -348,31 +245,21 @@ async def rate_used(conn: bus.Conn, now: datetime) -> dict[str, int]:
 
 
 async def policy_snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot | None, int]:
-    kv = await bus.policy_kv(conn)
-    try:
-        async with asyncio.timeout(API_TIMEOUT_S):
-            entry = await kv.get(conn.names.snapshot_key)
-    except nats.js.errors.KeyNotFoundError:
-        return None, 0
-    if entry.value is None:
-        return None, 0
-    try:
-        return snapshot_mod.decode_snapshot(entry.value), entry.revision or 0
-    except msgspec.DecodeError:
-        return None, entry.revision or 0
+    stored = await bus.read_snapshot(conn)
+    return stored.snapshot, stored.revision
 
 
-async def status(conn: bus.Conn, now: datetime) -> reports.StatusReport:
-    names = conn.names
-    queued = await _subject_counts(conn, names.mail_stream, names.mail_filter())
-    dead = await _subject_counts(conn, names.dead_stream, names.dead_filter())
+async def status(conn: bus.Conn, now: datetime) -> statusreport.StatusReport:
+    bus_names = conn.names
+    queued = await _subject_counts(conn, bus_names.mail_stream, bus_names.mail_filter())
+    dead = await _subject_counts(conn, bus_names.dead_stream, bus_names.dead_filter())
     consumers = await _consumer_loads(conn)
     records, bad = await _attempt_records(conn)
     snap, revision = await policy_snapshot(conn)
     used = await rate_used(conn, now)
-    report = reports.status_report(names, now=now, queued=queued, consumers=consumers,
-                                   attempts=records, dead=dead, snap=snap, revision=revision,
-                                   rate_used=used)
+    report = statusreport.status_report(bus_names, now=now, queued=queued, consumers=consumers,
+                                        attempts=records, dead=dead, snap=snap, revision=revision,
+                                        rate_used=used)
     return msgspec.structs.replace(report, unreadable_attempts=bad)
 
 
@@ -380,7 +267,7 @@ async def queued_body_refs(conn: bus.Conn, budget: int = MAIL_WALK_BUDGET) -> se
     """Body objects referred to by mail waiting in the MAIL stream; None when the stream
     holds more than ``budget`` messages (the caller must then assume every body is used)."""
     stream = conn.names.mail_stream
-    async with asyncio.timeout(API_TIMEOUT_S):
+    async with asyncio.timeout(conn.deadlines.api_s):
         info = await conn.js.stream_info(stream)
     if info.state.messages == 0:
         return set()
@@ -390,7 +277,7 @@ async def queued_body_refs(conn: bus.Conn, budget: int = MAIL_WALK_BUDGET) -> se
     seq = info.state.first_seq
     for _ in range(info.state.messages):
         try:
-            async with asyncio.timeout(API_TIMEOUT_S):
+            async with asyncio.timeout(conn.deadlines.api_s):
                 raw = await conn.js.get_msg(stream, seq=seq, subject=conn.names.mail_filter(),
                                             next=True)
         except nats.js.errors.NotFoundError:

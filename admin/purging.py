@@ -19,11 +19,9 @@ import msgspec
 import nats.js.errors
 
 from admin import inspecting
-from admin.rules import reports
+from admin.rules import deadletters
 from runtime import bus, eventing
 from schemas import events
-
-API_TIMEOUT_S = 10.0
 
 PURGED = "purged"
 PLANNED = "planned"
@@ -36,20 +34,20 @@ def _nothing() -> None:
 async def purge(
     conn: bus.Conn, chosen: Sequence[inspecting.Dead], *, dry_run: bool, now: datetime,
     advance: Callable[[], None] = _nothing,
-) -> list[reports.Purge]:
+) -> list[deadletters.Purge]:
     """Purge ``chosen``; one row each, saying what became of it and of its body."""
-    rows: list[reports.Purge] = []
+    rows: list[deadletters.Purge] = []
     for dead in chosen:
         item = dead.item
         if dry_run:
-            rows.append(reports.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PLANNED,
-                                      body="none" if item.body_object is None else PLANNED))
+            rows.append(deadletters.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PLANNED,
+                                          body="none" if item.body_object is None else PLANNED))
             continue
         await delete_dead(conn, item.seq)
         await eventing.emit(conn, events.Purged(
             mail_id=item.mail_id, at=now, policy=item.policy, upstream=item.upstream,
             dead_seq=item.seq))
-        rows.append(reports.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PURGED))
+        rows.append(deadletters.Purge(seq=item.seq, mail_id=item.mail_id, outcome=PURGED))
         advance()
     if dry_run:
         return rows
@@ -67,7 +65,7 @@ NO_MESSAGE = 10057
 async def delete_dead(conn: bus.Conn, seq: int) -> bool:
     """Delete one dead letter; False when it was gone already (another operator)."""
     try:
-        async with asyncio.timeout(API_TIMEOUT_S):
+        async with asyncio.timeout(conn.deadlines.api_s):
             return await conn.js.delete_msg(conn.names.dead_stream, seq)
     except nats.js.errors.APIError as exc:
         if exc.err_code == NO_MESSAGE or isinstance(exc, nats.js.errors.NotFoundError):
@@ -89,10 +87,10 @@ async def release_bodies(conn: bus.Conn, candidates: Iterable[str]) -> dict[str,
         return dict.fromkeys(wanted, "unchecked")
     fates = dict.fromkeys(wanted, "kept")
     store = await bus.bodies(conn)
-    for name in reports.orphaned(wanted, used | queued):
+    for name in deadletters.orphaned(wanted, used | queued):
         fates[name] = "deleted"
         try:
-            async with asyncio.timeout(API_TIMEOUT_S):
+            async with asyncio.timeout(conn.deadlines.api_s):
                 await store.delete(name)
         except nats.js.errors.NotFoundError:
             fates[name] = "missing"

@@ -31,13 +31,9 @@ import nats.js.errors
 from nats.js.object_store import ObjectStore
 
 from admin import inspecting, purging
-from admin.rules import reports
+from admin.rules import deadletters
 from runtime import bus, eventing
 from schemas import events, mail
-
-PUBLISH_TIMEOUT_S = 10.0
-BODY_TIMEOUT_S = 60.0
-"""Reading and writing a body of up to 25 MiB."""
 
 QUEUED = "queued"
 ALREADY_QUEUED = "already-queued"
@@ -52,12 +48,12 @@ def _nothing() -> None:
 async def replay(
     conn: bus.Conn, chosen: Sequence[inspecting.Dead], *, to_upstream: str | None,
     dry_run: bool, now: datetime, advance: Callable[[], None] = _nothing,
-) -> list[reports.Replay]:
+) -> list[deadletters.Replay]:
     """Replay ``chosen`` in stream order; one row each saying what became of it."""
     store: ObjectStore | None = None
     if not dry_run and any(dead.letter.envelope.body_ref for dead in chosen):
         store = await bus.bodies(conn)
-    rows: list[reports.Replay] = []
+    rows: list[deadletters.Replay] = []
     moved: set[str] = set()
     for dead in chosen:
         row = await _one(conn, store, dead, to_upstream=to_upstream, dry_run=dry_run, now=now)
@@ -73,25 +69,25 @@ async def replay(
 async def _one(
     conn: bus.Conn, store: ObjectStore | None, dead: inspecting.Dead, *,
     to_upstream: str | None, dry_run: bool, now: datetime,
-) -> reports.Replay:
+) -> deadletters.Replay:
     env = dead.letter.envelope
     seq = dead.item.seq
-    msg_id = reports.replay_msg_id(env.id, seq)
-    again = reports.replay_envelope(env, seq, to_upstream)
+    msg_id = deadletters.replay_msg_id(env.id, seq)
+    again = deadletters.replay_envelope(env, seq, to_upstream)
     subject = conn.names.mail_subject(again.upstream, again.policy)
-    row = reports.Replay(seq=seq, mail_id=env.id, policy=env.policy,
-                         from_upstream=env.upstream, to_upstream=again.upstream,
-                         subject=subject, msg_id=msg_id, rcpt_to=list(env.rcpt_to),
-                         outcome=PLANNED)
+    row = deadletters.Replay(seq=seq, mail_id=env.id, policy=env.policy,
+                             from_upstream=env.upstream, to_upstream=again.upstream,
+                             subject=subject, msg_id=msg_id, rcpt_to=list(env.rcpt_to),
+                             outcome=PLANNED)
     if dry_run:
         return row
     if env.body_ref is not None:
         assert store is not None
-        copy = await _copy_body(store, env.body_ref, msg_id)
+        copy = await _copy_body(conn, store, env, msg_id)
         if copy is None:
             return msgspec.structs.replace(row, outcome=BODY_MISSING)
         again = msgspec.structs.replace(again, body_ref=copy)
-    async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+    async with asyncio.timeout(conn.deadlines.publish_s):
         ack = await conn.js.publish(subject, mail.envelope_encoder.encode(again),
                                     headers={"Nats-Msg-Id": msg_id})
     if not ack.duplicate:  # a duplicate was replayed (and its event sent) before
@@ -103,21 +99,24 @@ async def _one(
                                    mail_seq=ack.seq)
 
 
-async def _copy_body(store: ObjectStore, ref: mail.BodyRef, name: str) -> mail.BodyRef | None:
-    """The replay's own copy of the body, under ``name``: already there when this dead
-    letter was replayed before (the same bytes), else copied. None when both are gone."""
+async def _copy_body(conn: bus.Conn, store: ObjectStore, env: mail.Envelope, name: str
+                     ) -> mail.BodyRef | None:
+    """The replay's own copy of the envelope's body object, under ``name``: already there
+    when this dead letter was replayed before (the same bytes), else copied. None when
+    both are gone."""
+    ref = env.body_ref
+    assert ref is not None
     copy = mail.BodyRef(name=name, size=ref.size, sha256=ref.sha256)
+    timeout_s = conn.deadlines.body_s
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             await store.get_info(name)
         return copy
     except nats.js.errors.NotFoundError:
         pass
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            result = await store.get(ref.name)
-    except nats.js.errors.NotFoundError:  # ObjectNotFoundError, ObjectDeletedError
+    data = await bus.read_body(store, env, timeout_s)
+    if data is None:
         return None
-    async with asyncio.timeout(BODY_TIMEOUT_S):
-        await store.put(name, result.data or b"")
+    async with asyncio.timeout(timeout_s):
+        await store.put(name, data)
     return copy

@@ -53,41 +53,10 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     permissions: Permissions
 
 
-def user_name(bus: names.Bus, role: str) -> str:
-    """``podpost-ingress``: the NATS user of a role."""
-    return f"{bus.prefix}-{role}"
-
-
 def password_variable(role: str) -> str:
     """The environment variable nats-server reads a role's password from. Not
     ``PODPOST_*``: podpost refuses unknown variables of its own prefix."""
     return f"NATS_PASSWORD_{role.upper()}"
-
-
-def rates_bucket(bus: names.Bus) -> str:
-    """The dispatchers' shared rate-limit bucket, named like every other bucket."""
-    named = getattr(bus, "rates_bucket", None)
-    if isinstance(named, str):
-        return named
-    return f"{bus.policy_bucket.removesuffix('_POLICY')}_RATES"
-
-
-def kv_stream(bucket: str) -> str:
-    return f"KV_{bucket}"
-
-
-def obj_stream(bucket: str) -> str:
-    return f"OBJ_{bucket}"
-
-
-def owned_streams(bus: names.Bus) -> tuple[str, ...]:
-    """Every JetStream stream of one installation, buckets and object store included."""
-    return (
-        bus.mail_stream, bus.dead_stream, bus.events_stream, bus.caught_stream,
-        kv_stream(bus.policy_bucket), kv_stream(bus.credentials_bucket),
-        kv_stream(bus.attempts_bucket), kv_stream(rates_bucket(bus)),
-        obj_stream(bus.bodies_bucket),
-    )
 
 
 # --- building blocks: the subjects one kind of access needs ---------------------------
@@ -119,29 +88,29 @@ def _consume(stream: str) -> list[str]:
 
 
 def _kv_read(bucket: str) -> list[str]:
-    return _get(kv_stream(bucket))
+    return _get(names.kv_stream(bucket))
 
 
 def _kv_write(bucket: str) -> list[str]:
     """Put, delete and purge are all publishes to ``$KV.<bucket>.<key>``."""
-    return [f"$KV.{bucket}.>"]
+    return [names.kv_filter(bucket)]
 
 
 def _kv_keys(bucket: str) -> list[str]:
-    return _consume(kv_stream(bucket))
+    return _consume(names.kv_stream(bucket))
 
 
 def _obj_put(bucket: str) -> list[str]:
     """Chunks and meta; a put first looks for an older object (a get) and purges what a
     failed put left (a purge)."""
-    stream = obj_stream(bucket)
+    stream = names.obj_stream(bucket)
     return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"{API}.STREAM.PURGE.{stream}",
             *_get(stream)]
 
 
 def _obj_read(bucket: str) -> list[str]:
     """Object reads subscribe an ordered consumer found by subject (STREAM.NAMES)."""
-    stream = obj_stream(bucket)
+    stream = names.obj_stream(bucket)
     return [*_get(stream), *_consume(stream), f"{API}.STREAM.NAMES"]
 
 
@@ -167,7 +136,7 @@ def _secret_reads(bus: names.Bus) -> list[str]:
 
 def permissions(bus: names.Bus, role: str) -> Permissions:
     """The allow and deny lists of one role."""
-    ensure = _info(owned_streams(bus))
+    ensure = _info(bus.owned_streams)
     inbox = names.inbox_prefix(bus, role) + ".>"
     credentials = bus.credentials_bucket
     policy = bus.policy_bucket
@@ -187,7 +156,7 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
             subscribe_deny=tuple(_kv_write(credentials)),
         )
     if role == "dispatcher":
-        rates = rates_bucket(bus)
+        rates = bus.rates_bucket
         return Permissions(
             publish_allow=_dedupe([
                 *ensure,
@@ -204,13 +173,13 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
             ]),
             subscribe_allow=(inbox,),
             publish_deny=_dedupe([*_kv_write(credentials), *_kv_write(policy),
-                                  *_manage(owned_streams(bus))]),
+                                  *_manage(bus.owned_streams)]),
         )
     if role == "reconciler":
         return Permissions(
             publish_allow=_dedupe([
                 *ensure,
-                *_manage(owned_streams(bus)),
+                *_manage(bus.owned_streams),
                 *_kv_read(policy), *_kv_write(policy), *_kv_keys(policy),
                 *_kv_read(credentials), *_kv_write(credentials), *_kv_keys(credentials),
                 bus.events_filter(),
@@ -223,7 +192,7 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
 
 
 def users(bus: names.Bus, roles: Iterable[str] = ROLES) -> list[User]:
-    return [User(role=r, user=user_name(bus, r), permissions=permissions(bus, r))
+    return [User(role=r, user=names.user_name(bus, r), permissions=permissions(bus, r))
             for r in roles]
 
 
@@ -301,7 +270,7 @@ def secret_manifest(bus: names.Bus, secret_name: str, namespace: str | None,
     if namespace:
         metadata["namespace"] = namespace
     data = dict(passwords)
-    data.update({f"{role}-user": user_name(bus, role) for role in passwords})
+    data.update({f"{role}-user": names.user_name(bus, role) for role in passwords})
     return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque",
             "stringData": data}
 

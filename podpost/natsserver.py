@@ -44,7 +44,8 @@ async def terminate(proc: asyncio.subprocess.Process, grace_s: float) -> int | N
     if proc.returncode is None:
         proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), grace_s)
+            async with asyncio.timeout(grace_s):
+                await proc.wait()
         except TimeoutError:
             proc.kill()
             await proc.wait()

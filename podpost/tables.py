@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from admin.rules import reports
+from admin.rules import caughtmail, deadletters, statusreport
 from schemas import durations, events, mail
 
 NONE = "-"
@@ -54,7 +54,7 @@ def _rcpts(rcpt_to: Sequence[str]) -> Text:
     return Text(rcpt_to[0] + more)
 
 
-def dead_letters(items: Sequence[reports.DeadItem], now: datetime) -> Table:
+def dead_letters(items: Sequence[deadletters.DeadItem], now: datetime) -> Table:
     table = Table(title=f"{len(items)} dead letter{'' if len(items) == 1 else 's'}",
                   title_justify="left")
     for name in ("id", "mail id", "dead", "upstream", "policy", "fate", "code", "tries",
@@ -89,7 +89,7 @@ def _body_location(env: mail.Envelope) -> str:
     return "none"
 
 
-def dead_letter(item: reports.DeadItem, letter: mail.DeadLetter, now: datetime) -> Table:
+def dead_letter(item: deadletters.DeadItem, letter: mail.DeadLetter, now: datetime) -> Table:
     """Everything about one dead letter, one field per line."""
     env = letter.envelope
     return _fields(f"dead letter {item.seq}", [
@@ -115,7 +115,7 @@ def dead_letter(item: reports.DeadItem, letter: mail.DeadLetter, now: datetime) 
     ])
 
 
-def caught_list(items: Sequence[reports.CaughtItem], now: datetime) -> Table:
+def caught_list(items: Sequence[caughtmail.CaughtItem], now: datetime) -> Table:
     table = Table(title=f"{len(items)} caught mail{'' if len(items) == 1 else 's'}",
                   title_justify="left")
     for name in ("id", "mail id", "caught", "policy", "from", "to", "subject", "size"):
@@ -130,7 +130,7 @@ def caught_list(items: Sequence[reports.CaughtItem], now: datetime) -> Table:
     return table
 
 
-def caught_mail(item: reports.CaughtItem, message: reports.MessageView) -> RenderableType:
+def caught_mail(item: caughtmail.CaughtItem, message: caughtmail.MessageView) -> RenderableType:
     """The envelope, the message headers, then the text body as written."""
     envelope = _fields(f"caught mail {item.seq}", [
         ("mail id", item.mail_id),
@@ -189,14 +189,14 @@ def trace(mail_id: str, history: Sequence[events.AnyEvent]) -> Table:
     return table
 
 
-def _rate(rate: reports.RateUsage | None) -> str:
+def _rate(rate: statusreport.RateUsage | None) -> str:
     if rate is None:
         return NONE
     used = NONE if rate.used is None else str(rate.used)
     return f"{used}/{rate.maximum} per {durations.format_seconds(rate.period_s)}"
 
 
-def status(report: reports.StatusReport) -> Table:
+def status(report: statusreport.StatusReport) -> Table:
     """One line per upstream, its policies indented underneath."""
     snap = report.snapshot
     if snap is None:
@@ -227,7 +227,7 @@ def status(report: reports.StatusReport) -> Table:
     return table
 
 
-def replays(rows: Sequence[reports.Replay], *, dry_run: bool) -> Table:
+def replays(rows: Sequence[deadletters.Replay], *, dry_run: bool) -> Table:
     verb = "would replay" if dry_run else "replayed"
     table = Table(title=f"{verb} {len(rows)} dead letter{'' if len(rows) == 1 else 's'}",
                   title_justify="left")
@@ -241,7 +241,7 @@ def replays(rows: Sequence[reports.Replay], *, dry_run: bool) -> Table:
     return table
 
 
-def purges(rows: Sequence[reports.Purge], *, dry_run: bool) -> Table:
+def purges(rows: Sequence[deadletters.Purge], *, dry_run: bool) -> Table:
     verb = "would purge" if dry_run else "purged"
     table = Table(title=f"{verb} {len(rows)} dead letter{'' if len(rows) == 1 else 's'}",
                   title_justify="left")

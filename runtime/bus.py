@@ -1,8 +1,13 @@
-"""The connection to NATS JetStream, and the idempotent "ensure the bus" every role runs.
+"""The connection to NATS JetStream, the idempotent "ensure the bus" every role runs, and
+the bus reads more than one role needs.
 
 Every role calls `connect` and then `ensure`: whoever starts first creates the streams,
 buckets and object store; the rest find them. A changed setting (retention, replicas) is
-applied with an update, never by deleting data.
+applied with an update, never by deleting data. The operator's commands connect with the
+same options (`connect_options`) but without reconnects (`podpost.commands.running`).
+
+The reads written once here: the policy snapshot (`read_snapshot`), a stream's consumers
+(`consumer_infos`) and a mail's body (`read_body`); a stream scan is `runtime.scanning`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -19,6 +26,7 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
+    ConsumerInfo,
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
@@ -31,11 +39,16 @@ from nats.js.object_store import ObjectStore
 
 from runtime import settings as settings_mod
 from schemas import mail, names
+from schemas import snapshot as snapshot_mod
 
 log = structlog.get_logger("podpost.bus")
 
 DAY = 86400.0
 MAX_PAYLOAD_HINT = 1024 * 1024
+CONSUMER_PAGE = 256
+"""The server's page size for consumer lists (JetStream's API list limit)."""
+MAX_CONSUMER_PAGES = 64
+"""Bounds one consumer listing: 16,384 consumers."""
 
 
 TRANSIENT: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSError)
@@ -223,6 +236,29 @@ async def bodies(conn: Conn) -> ObjectStore:
     return await conn.js.object_store(conn.names.bodies_bucket)
 
 
+def server_urls(cfg: settings_mod.NatsSettings) -> list[str]:
+    """The servers of ``nats.url``, a comma-separated list."""
+    return [url.strip() for url in cfg.url.split(",") if url.strip()]
+
+
+def connect_options(cfg: settings_mod.NatsSettings, default_name: str) -> dict[str, Any]:
+    """What every connection to NATS says, a role's or a command's: the servers, the
+    client name and the login (user and password, or a credentials file)."""
+    options: dict[str, Any] = {"servers": server_urls(cfg), "name": cfg.name or default_name}
+    if cfg.user is not None:
+        options["user"] = cfg.user
+        options["password"] = cfg.password or ""
+    if cfg.creds_file is not None:
+        options["user_credentials"] = cfg.creds_file
+    return options
+
+
+def conn_for(nc: Client, cfg: settings_mod.NatsSettings) -> Conn:
+    """The handles of a connection made with ``cfg``."""
+    return Conn(nc=nc, js=nc.jetstream(timeout=cfg.deadlines.api_s),
+                names=names.Bus(prefix=cfg.prefix), deadlines=cfg.deadlines)
+
+
 async def _connect_once(cfg: settings_mod.NatsSettings, role: str) -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("bus.error_reported", error=str(exc) or type(exc).__name__)
@@ -233,16 +269,7 @@ async def _connect_once(cfg: settings_mod.NatsSettings, role: str) -> Client:
     async def on_reconnect() -> None:
         log.info("bus.reconnected")
 
-    servers = [url.strip() for url in cfg.url.split(",") if url.strip()]
-    options: dict[str, object] = {}
-    if cfg.user is not None:
-        options["user"] = cfg.user
-        options["password"] = cfg.password or ""
-    if cfg.creds_file is not None:
-        options["user_credentials"] = cfg.creds_file
     return await nats.connect(
-        servers=servers,
-        name=cfg.name or f"podpost-{role}",
         # Replies come back on a per-role prefix, so NATS permissions can keep one role
         # from reading another's (see podpost.natsconfig).
         inbox_prefix=names.inbox_prefix(names.Bus(prefix=cfg.prefix), role),
@@ -253,7 +280,7 @@ async def _connect_once(cfg: settings_mod.NatsSettings, role: str) -> Client:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
-        **options,
+        **connect_options(cfg, f"podpost-{role}"),
     )
 
 
@@ -276,8 +303,7 @@ async def open_connection(
                         error=str(exc) or type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-    return Conn(nc=nc, js=nc.jetstream(timeout=cfg.deadlines.api_s),
-                names=names.Bus(prefix=cfg.prefix), deadlines=cfg.deadlines)
+    return conn_for(nc, cfg)
 
 
 async def _ensure_retrying(conn: Conn, replicas: int, attempts: int | None) -> None:
@@ -331,3 +357,50 @@ async def read_body(store: ObjectStore, env: mail.Envelope, timeout_s: float) ->
     except nats.js.errors.NotFoundError:  # ObjectNotFoundError, ObjectDeletedError
         return None
     return result.data or b""
+
+
+async def consumer_infos(conn: Conn, stream: str | None = None) -> list[ConsumerInfo]:
+    """Every consumer of ``stream`` (the MAIL stream by default), paged by what came back:
+    the next page starts after the consumers already read, and a short or empty page is
+    the last one; at most `MAX_CONSUMER_PAGES` requests, each within ``api_s``."""
+    name = conn.names.mail_stream if stream is None else stream
+    infos: list[ConsumerInfo] = []
+    for _ in range(MAX_CONSUMER_PAGES):
+        async with asyncio.timeout(conn.deadlines.api_s):
+            page = await conn.js.consumers_info(name, offset=len(infos))
+        infos.extend(page)
+        if len(page) < CONSUMER_PAGE:
+            break
+    return infos
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    """What the POLICY bucket holds: the snapshot and its KV revision (0: none stored)."""
+
+    snapshot: snapshot_mod.PolicySnapshot | None
+    revision: int = 0
+    error: str | None = None
+    """Why a stored snapshot (``revision``) could not be decoded; None when it could, or
+    when it was not decoded at all (no snapshot, or the revision the caller knows)."""
+
+
+async def read_snapshot(conn: Conn, kv: KeyValue | None = None, *, known_revision: int = 0
+                        ) -> StoredSnapshot:
+    """The policy snapshot (within ``kv_s``), decoded unless its revision is
+    ``known_revision``: then only the revision is returned, as nothing changed."""
+    if kv is None:
+        kv = await policy_kv(conn)
+    try:
+        async with asyncio.timeout(conn.deadlines.kv_s):
+            entry = await kv.get(conn.names.snapshot_key)
+    except nats.js.errors.KeyNotFoundError:
+        return StoredSnapshot(None)
+    if entry.value is None or entry.revision is None:
+        return StoredSnapshot(None)
+    if known_revision and entry.revision == known_revision:
+        return StoredSnapshot(None, entry.revision)
+    try:
+        return StoredSnapshot(snapshot_mod.decode_snapshot(entry.value), entry.revision)
+    except msgspec.DecodeError as exc:
+        return StoredSnapshot(None, entry.revision, str(exc))

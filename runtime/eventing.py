@@ -7,7 +7,6 @@ lose some events, never a mail.
 
 from __future__ import annotations
 
-import nats.errors
 import structlog
 
 from runtime import bus
@@ -20,6 +19,6 @@ async def emit(conn: bus.Conn, event: events.AnyEvent) -> None:
     subject = conn.names.event_subject(events.kind_of(event))
     try:
         await conn.nc.publish(subject, events.event_encoder.encode(event))
-    except (nats.errors.Error, OSError) as exc:
+    except bus.TRANSIENT as exc:
         log.warning("eventing.emit_failed", kind=events.kind_of(event),
                     mail_id=event.mail_id, error=str(exc) or type(exc).__name__)

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import structlog
 
-from runtime import metrics
+from runtime import metrics, waiting
 from runtime import settings as settings_mod
 
 log = structlog.get_logger("podpost.health")
@@ -209,11 +209,9 @@ async def _measure_lag(done: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     while not done.is_set():
         started = loop.time()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(LAG_INTERVAL_S):
-                await done.wait()
-        if not done.is_set():
-            metrics.current().loop_lag.set(max(0.0, loop.time() - started - LAG_INTERVAL_S))
+        if await waiting.sleep_or_stop(done, LAG_INTERVAL_S):
+            break
+        metrics.current().loop_lag.set(max(0.0, loop.time() - started - LAG_INTERVAL_S))
 
 
 async def serve(

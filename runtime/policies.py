@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
 
-from runtime import bus, metrics
+from runtime import bus, metrics, waiting
 from schemas import snapshot as snapshot_mod
 
 log = structlog.get_logger("podpost.policies")
@@ -47,20 +44,16 @@ class SnapshotHolder:
         last = status.stream_info.state.last_seq
         if last == self.revision:
             return False
-        try:
-            entry = await kv.get(conn.names.snapshot_key)
-        except nats.js.errors.KeyNotFoundError:
+        stored = await bus.read_snapshot(conn, kv, known_revision=self.revision)
+        if stored.error is not None:
+            log.error("policies.snapshot_invalid", revision=stored.revision, error=stored.error)
+            self.revision = stored.revision
             return False
-        if entry.value is None or entry.revision is None or entry.revision == self.revision:
+        snap = stored.snapshot
+        if snap is None:
             return False
-        try:
-            snap = snapshot_mod.decode_snapshot(entry.value)
-        except msgspec.DecodeError as exc:
-            log.error("policies.snapshot_invalid", revision=entry.revision, error=str(exc))
-            self.revision = entry.revision
-            return False
-        self.set(snap, entry.revision)
-        log.info("policies.snapshot_loaded", revision=entry.revision,
+        self.set(snap, stored.revision)
+        log.info("policies.snapshot_loaded", revision=stored.revision,
                  policies=len(snap.policies), routes=len(snap.routes))
         return True
 
@@ -75,10 +68,9 @@ class SnapshotHolder:
     async def _poll(self, conn: bus.Conn, stop: asyncio.Event, interval_s: float) -> None:
         while not stop.is_set():
             try:
-                await asyncio.wait_for(self.refresh(conn), 5.0)
-            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                async with asyncio.timeout(conn.deadlines.kv_s):
+                    await self.refresh(conn)
+            except bus.TRANSIENT as exc:
                 log.warning("policies.refresh_failed", error=str(exc) or type(exc).__name__)
-            try:
-                await asyncio.wait_for(stop.wait(), interval_s)
-            except TimeoutError:
-                pass
+            if await waiting.sleep_or_stop(stop, interval_s):
+                return

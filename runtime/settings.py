@@ -88,20 +88,6 @@ class IngressSettings(_Section, frozen=True, kw_only=True):
     """Concurrent SMTP sessions per ingress; more are refused with 421."""
 
 
-class RetrySettings(_Section, frozen=True, kw_only=True):
-    """Postfix's defaults: minimal_backoff_time, maximal_backoff_time,
-    maximal_queue_lifetime. Delay = the mail's age clamped to [min, max]."""
-
-    min_delay_s: float = 300.0
-    max_delay_s: float = 4020.0
-    max_age_s: float = 5 * 86400.0
-
-    def policy(self) -> snapshot.RetryPolicy:
-        return snapshot.RetryPolicy(
-            min_delay_s=self.min_delay_s, max_delay_s=self.max_delay_s, max_age_s=self.max_age_s
-        )
-
-
 class DispatcherSettings(_Section, frozen=True, kw_only=True):
     upstreams: list[str] = []
     """Upstream keys (``ns/name``) this dispatcher serves; empty: all of them."""
@@ -124,8 +110,9 @@ class DispatcherSettings(_Section, frozen=True, kw_only=True):
     (a man in the middle too); only for a lab relay with a throwaway certificate."""
     discovery_interval_s: float = 2.0
     """How often the set of (upstream, policy) consumers is re-derived."""
-    retry: RetrySettings = RetrySettings()
-    """The global retry schedule; a policy's ``spec.retry`` overrides it."""
+    retry: snapshot.RetryPolicy = snapshot.RetryPolicy()
+    """The global retry schedule (``PODPOST_DISPATCHER__RETRY__MIN_DELAY_S``, ``..MAX_DELAY_S``,
+    ``..MAX_AGE_S``); a policy's ``spec.retry`` overrides it field by field."""
     rate_window_scale: float = 1.0
     """Multiplies rate-limit periods; tests shrink a minute to seconds with it."""
 

@@ -105,6 +105,16 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
 
     snapshot_key: str = "snapshot"
 
+    @property
+    def owned_streams(self) -> tuple[str, ...]:
+        """Every JetStream stream of one installation, buckets and object store included."""
+        return (
+            self.mail_stream, self.dead_stream, self.events_stream, self.caught_stream,
+            kv_stream(self.policy_bucket), kv_stream(self.credentials_bucket),
+            kv_stream(self.attempts_bucket), kv_stream(self.rates_bucket),
+            obj_stream(self.bodies_bucket),
+        )
+
     # subjects
     def mail_subject(self, upstream: str, policy: str) -> str:
         return f"{self.prefix}.mail.out.{key_token(upstream)}.{key_token(policy)}"
@@ -121,6 +131,14 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidKey(f"not a mail subject: {subject!r}")
         return token_key(".".join(parts[3:5])), token_key(".".join(parts[5:7]))
 
+    def parse_mail_filter(self, subject: str) -> tuple[str, str | None]:
+        """The inverse of `mail_subject` and `mail_filter` of one upstream: (upstream key,
+        policy key) of a MAIL subject, (upstream key, None) of ``<prefix>.mail.out.<up>.>``."""
+        parts = subject.split(".")
+        if len(parts) == 6 and parts[:3] == [self.prefix, "mail", "out"] and parts[5] == ">":
+            return token_key(".".join(parts[3:5])), None
+        return self.parse_mail_subject(subject)
+
     def dead_subject(self, upstream: str) -> str:
         return f"{self.prefix}.mail.dead.{key_token(upstream)}"
 
@@ -128,6 +146,13 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
         if upstream is None:
             return f"{self.prefix}.mail.dead.>"
         return self.dead_subject(upstream)
+
+    def parse_dead_subject(self, subject: str) -> str:
+        """The inverse of `dead_subject`: ``<prefix>.mail.dead.<ns>.<name>`` -> ``ns/name``."""
+        parts = subject.split(".")
+        if len(parts) != 5 or parts[:3] != [self.prefix, "mail", "dead"]:
+            raise InvalidKey(f"not a dead-letter subject: {subject!r}")
+        return token_key(".".join(parts[3:5]))
 
     def event_subject(self, kind: str) -> str:
         return f"{self.prefix}.mail.events.{kind}"
@@ -144,6 +169,21 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
     def consumer_name(self, upstream: str, policy: str) -> str:
         """The durable consumer for one (upstream, policy) pair, shared by all dispatchers."""
         return f"out__{key_ident(upstream)}__{key_ident(policy)}"
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream JetStream keeps a KV bucket in."""
+    return f"KV_{bucket}"
+
+
+def kv_filter(bucket: str) -> str:
+    """Every key of a KV bucket, as the subjects of its stream (``$KV.<bucket>.>``)."""
+    return f"$KV.{bucket}.>"
+
+
+def obj_stream(bucket: str) -> str:
+    """The stream JetStream keeps an object store in."""
+    return f"OBJ_{bucket}"
 
 
 class Retention(msgspec.Struct, frozen=True, kw_only=True):
@@ -173,3 +213,8 @@ def inbox_prefix(bus: Bus, role: str) -> str:
     nats-py appends ``.<unique>`` to it for every request and push consumer."""
     token = role if _ROLE_RE.match(role) else "client"
     return f"_INBOX.{bus.prefix}.{token}"
+
+
+def user_name(bus: Bus, role: str) -> str:
+    """``podpost-ingress``: the NATS user of a role."""
+    return f"{bus.prefix}-{role}"

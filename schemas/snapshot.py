@@ -14,14 +14,23 @@ from typing import Literal
 import msgspec
 
 
-class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """The effective retry schedule of one mail. Delay = the mail's age clamped to
-    [min_delay_s, max_delay_s]; dead past max_age_s. The defaults are Postfix's
-    (minimal_backoff_time, maximal_backoff_time, maximal_queue_lifetime)."""
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A retry schedule: the dispatcher's global one (``settings.dispatcher.retry``, from
+    ``PODPOST_DISPATCHER__RETRY__*``) and, overridden by a policy's `RetryOverride`, the
+    effective one of a mail. Delay = the mail's age clamped to [min_delay_s, max_delay_s];
+    dead past max_age_s. The defaults are Postfix's (minimal_backoff_time,
+    maximal_backoff_time, maximal_queue_lifetime). Human input (settings), never on the
+    bus: unknown fields are refused, so a misspelt variable is an error."""
 
     min_delay_s: float = 300.0
     max_delay_s: float = 4020.0
     max_age_s: float = 5 * 86400.0
+
+    def policy(self) -> RetryPolicy:
+        """Itself. Transitional: call sites written for the former settings section
+        (``cfg.dispatcher.retry.policy()``) keep working until they read
+        ``cfg.dispatcher.retry`` directly."""
+        return self
 
 
 class RetryOverride(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,7 +9,7 @@ import sys
 import msgspec
 
 from admin import inspecting
-from admin.rules import reports
+from admin.rules import caughtmail
 from podpost import tables
 from podpost.commands import running
 from runtime import bus
@@ -19,8 +19,8 @@ from runtime import settings as settings_mod
 class Shown(msgspec.Struct, frozen=True, kw_only=True):
     """``caught show --json``: the row of ``caught list`` and the parsed message."""
 
-    item: reports.CaughtItem
-    message: reports.MessageView
+    item: caughtmail.CaughtItem
+    message: caughtmail.MessageView
 
 
 def list_(cfg: settings_mod.Settings, *, as_json: bool) -> None:
@@ -51,7 +51,7 @@ def show(cfg: settings_mod.Settings, mail: str, *, raw: bool, as_json: bool) -> 
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
             return
-        message = reports.read_message(data)
+        message = caughtmail.read_message(data)
         if as_json:
             running.emit_json(Shown(item=kept.item, message=message))
         else:

@@ -17,7 +17,7 @@ from datetime import datetime
 import msgspec
 
 from admin import inspecting, purging, replaying
-from admin.rules import reports
+from admin.rules import deadletters, identifiers
 from podpost import tables
 from podpost.commands import running
 from runtime import bus
@@ -33,10 +33,10 @@ class Where(msgspec.Struct, frozen=True, kw_only=True):
     since: str | None = None
     older_than: str | None = None
 
-    def filter(self, now: datetime) -> reports.Filter:
+    def filter(self, now: datetime) -> deadletters.Filter:
         since = running.duration("--since", self.since)
         older = running.duration("--older-than", self.older_than)
-        return reports.Filter(
+        return deadletters.Filter(
             upstream=running.key("--upstream", self.upstream),
             policy=running.key("--policy", self.policy),
             dead_since=None if since is None else now - since,
@@ -51,7 +51,7 @@ def list_(cfg: settings_mod.Settings, where: Where, *, as_json: bool) -> None:
         async with running.connect(cfg.nats) as conn:
             read = await inspecting.dead_letters(conn, upstream=chosen.upstream,
                                                  since=chosen.dead_since)
-        items = reports.select([dead.item for dead in read.found], chosen)
+        items = deadletters.select([dead.item for dead in read.found], chosen)
         if as_json:
             running.emit_json(items)
         else:
@@ -142,7 +142,7 @@ def purge(
     running.run(work)
 
 
-def _ids(dead_ids: Sequence[str], every: bool) -> reports.Ids | None:
+def _ids(dead_ids: Sequence[str], every: bool) -> identifiers.Ids | None:
     """The IDs, or None for ``--all``; exactly one of the two must be given."""
     if every and dead_ids:
         raise running.Failure("give IDs or --all, not both", running.USAGE)
@@ -151,7 +151,7 @@ def _ids(dead_ids: Sequence[str], every: bool) -> reports.Ids | None:
     return None if every else running.ids(list(dead_ids))
 
 
-async def _choose(conn: bus.Conn, ids: reports.Ids | None, where: reports.Filter, *,
+async def _choose(conn: bus.Conn, ids: identifiers.Ids | None, where: deadletters.Filter, *,
                   done: str) -> list[inspecting.Dead]:
     """The dead letters named (all of them for None) that pass the filter, in stream
     order. An ID naming nothing is an error before anything is done, unless its dead
@@ -166,7 +166,7 @@ async def _choose(conn: bus.Conn, ids: reports.Ids | None, where: reports.Filter
             message = await _gone(conn, unknown, done=done)
             if message:
                 raise running.Failure(message)
-    return [dead for dead in found if reports.keep(dead.item, where)]
+    return [dead for dead in found if deadletters.keep(dead.item, where)]
 
 
 async def _gone(conn: bus.Conn, unknown: Sequence[str], *, done: str = "") -> str:
@@ -194,7 +194,7 @@ def _fate_of(fates: Sequence[events.Replayed | events.Purged], text: str
              ) -> events.Replayed | events.Purged | None:
     """The latest replay or purge of the dead letter (sequence) or mail (mail id)."""
     latest = None
-    seq = int(text) if text.isdigit() and len(text) <= reports.MAX_SEQ_DIGITS else None
+    seq = int(text) if text.isdigit() and len(text) <= identifiers.MAX_SEQ_DIGITS else None
     for event in fates:
         if event.dead_seq == seq or event.mail_id == text:
             latest = event

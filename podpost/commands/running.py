@@ -20,13 +20,12 @@ from typing import Any
 
 import msgspec
 import nats
-import nats.errors
 import nats.js.errors
 import typer
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from admin.rules import reports
+from admin.rules import identifiers
 from runtime import bus, logs
 from runtime import settings as settings_mod
 from schemas import durations, names
@@ -95,9 +94,9 @@ def key(option: str, text: str | None) -> str | None:
     return text
 
 
-def ids(texts: list[str]) -> reports.Ids:
+def ids(texts: list[str]) -> identifiers.Ids:
     try:
-        return reports.parse_ids(texts)
+        return identifiers.parse_ids(texts)
     except ValueError as exc:
         raise Failure(str(exc), USAGE) from None
 
@@ -106,33 +105,31 @@ def ids(texts: list[str]) -> reports.Ids:
 async def connect(cfg: settings_mod.NatsSettings) -> AsyncIterator[bus.Conn]:
     """One connection for the command, without reconnects: an unreachable broker is an
     error within a few seconds, never a hang."""
-    servers = [url.strip() for url in cfg.url.split(",") if url.strip()]
+    options = bus.connect_options(cfg, "podpost-cli")
 
     async def quiet(exc: Exception) -> None:
         """nats-py logs every failed attempt with a traceback; the command says it once."""
 
-    options: dict[str, Any] = {"reconnect_time_wait": 0.1}  # between the two tries
-    if cfg.user is not None:
-        options["user"] = cfg.user
-        options["password"] = cfg.password or ""
-    if cfg.creds_file is not None:
-        options["user_credentials"] = cfg.creds_file
     try:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S * 2 * max(1, len(servers)) + 1.0):
+        async with asyncio.timeout(CONNECT_TIMEOUT_S * 2 * max(1, len(options["servers"]))
+                                   + 1.0):
             nc = await nats.connect(
-                servers=servers, name=cfg.name or "podpost-cli",
                 connect_timeout=CONNECT_TIMEOUT_S, allow_reconnect=False,
+                reconnect_time_wait=0.1,  # between the two tries
                 max_reconnect_attempts=1, error_cb=quiet, **options)
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
+    except bus.TRANSIENT as exc:
         reason = str(exc) or type(exc).__name__
         raise Failure(f"cannot reach NATS at {cfg.url}: {reason}") from None
+    conn = bus.conn_for(nc, cfg)
     try:
-        yield bus.Conn(nc=nc, js=nc.jetstream(timeout=10.0), names=names.Bus(prefix=cfg.prefix))
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await nc.flush(timeout=5)  # events are core publishes: make sure they left
+        yield conn
+        with contextlib.suppress(*bus.TRANSIENT):  # events are core publishes:
+            async with asyncio.timeout(conn.deadlines.close_s):  # make sure they left
+                await nc.flush()
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.close(), 5.0)
+            async with asyncio.timeout(conn.deadlines.close_s):
+                await nc.close()
 
 
 def run(work: Callable[[], Coroutine[Any, Any, int | None]]) -> None:
@@ -157,7 +154,7 @@ def run(work: Callable[[], Coroutine[Any, Any, int | None]]) -> None:
     except BrokenPipeError:  # `podpost dlq list --json | head`: the reader has had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(1) from None
-    except (nats.errors.Error, TimeoutError, OSError) as exc:
+    except bus.TRANSIENT as exc:
         note(f"error: NATS: {str(exc) or type(exc).__name__}")
         raise typer.Exit(1) from None
     if code:

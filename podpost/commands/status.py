@@ -10,14 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from admin import inspecting
-from admin.rules import reports
+from admin.rules import statusreport
 from podpost import tables
 from podpost.commands import running
 from runtime import bus
 from runtime import settings as settings_mod
 
 
-async def gather(conn: bus.Conn, now: datetime) -> reports.StatusReport:
+async def gather(conn: bus.Conn, now: datetime) -> statusreport.StatusReport:
     """Every figure ``status`` shows."""
     return await inspecting.status(conn, now)
 

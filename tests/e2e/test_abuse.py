@@ -184,14 +184,14 @@ async def test_abuse_is_refused_and_the_planted_password_never_leaks(
     assert "CrossNamespaceSecretNotGranted" in logs["reconciler"]
 
     # the search works: the password is where it belongs, and only there
-    credentials = "KV_" + bus_names.credentials_bucket
+    credentials = names.kv_stream(bus_names.credentials_bucket)
     assert any(_leaks(m) for m in streams.pop(credentials))
     for name, text in logs.items():
         assert len(text) > 1000, name  # debug logs were written
         assert not _leaks(text.encode()), f"password in the {name} log"
     for stream, messages in streams.items():
         assert not any(_leaks(m) for m in messages), f"password in stream {stream}"
-    policy_kv = streams["KV_" + bus_names.policy_bucket]
+    policy_kv = streams[names.kv_stream(bus_names.policy_bucket)]
     assert policy_kv
     for value in policy_kv:
         body = value.split(b"\n", 1)[1]

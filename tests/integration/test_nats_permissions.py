@@ -39,7 +39,7 @@ class Secured(msgspec.Struct):
 
     def settings(self, role: str) -> settings.NatsSettings:
         return settings.NatsSettings(url=self.server.url, prefix=BUS.prefix,
-                                     user=natsconfig.user_name(BUS, role),
+                                     user=names.user_name(BUS, role),
                                      password=self.passwords[role])
 
 
@@ -82,7 +82,7 @@ async def raw(secured: Secured, role: str) -> AsyncIterator[Raw]:
         seen.append(str(exc))
 
     nc = await nats.connect(
-        secured.server.url, user=natsconfig.user_name(BUS, role),
+        secured.server.url, user=names.user_name(BUS, role),
         password=secured.passwords[role], error_cb=on_error, allow_reconnect=False,
         inbox_prefix=names.inbox_prefix(BUS, role))
     try:
@@ -225,7 +225,7 @@ async def test_a_wrong_password_is_refused(secured: Secured) -> None:
     nc = Client()
     try:
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            await nc.connect(secured.server.url, user=natsconfig.user_name(BUS, "ingress"),
+            await nc.connect(secured.server.url, user=names.user_name(BUS, "ingress"),
                              password=secured.passwords["admin"], allow_reconnect=False,
                              max_reconnect_attempts=0, connect_timeout=2)
     finally:
@@ -308,10 +308,10 @@ async def test_each_real_role_does_its_job_as_its_own_user(
                 await d.eventually(lambda: bool(d.of_kind(seen, events.Delivered)))
                 mail_id = reply.removeprefix("2.0.0 queued as ").strip()
                 await d.eventually(lambda: _body_gone(admin, mail_id))
-                bodies = await admin.js.stream_info(natsconfig.obj_stream(BUS.bodies_bucket))
+                bodies = await admin.js.stream_info(names.obj_stream(BUS.bodies_bucket))
                 assert bodies.state.last_seq > 0  # the body was stored, then deleted
-                rates = await admin.js.stream_info(natsconfig.kv_stream(
-                    natsconfig.rates_bucket(BUS)))
+                rates = await admin.js.stream_info(names.kv_stream(
+                    BUS.rates_bucket))
                 assert rates.state.last_seq > 0  # the policy's rate limit was counted
         assert received[0].login == "robot"
         assert received[0].data.endswith(b"0123456789abcdef\r\n" * 512)

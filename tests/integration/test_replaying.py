@@ -11,7 +11,7 @@ import msgspec
 import nats.js.errors
 
 from admin import inspecting, purging, replaying
-from admin.rules import reports
+from admin.rules import deadletters
 from runtime import bus
 from schemas import mail
 from tests.support import dispatching as d
@@ -46,7 +46,7 @@ async def test_a_dead_letter_replayed_twice_is_queued_once(conn: bus.Conn) -> No
     first = await replaying.replay(conn, [dead], to_upstream=None, dry_run=False, now=now)
     second = await replaying.replay(conn, [dead], to_upstream=None, dry_run=False, now=now)
     assert [row.outcome for row in first + second] == ["queued", "already-queued"]
-    assert first[0].msg_id == reports.replay_msg_id(dead.item.mail_id, dead.item.seq)
+    assert first[0].msg_id == deadletters.replay_msg_id(dead.item.mail_id, dead.item.seq)
     [(subject, queued)] = await _mail(conn)
     assert subject == conn.names.mail_subject(UP, POLICY)
     assert queued.replay_of == dead.item.seq

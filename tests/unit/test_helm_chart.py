@@ -194,7 +194,7 @@ def test_every_role_gets_settings_podpost_accepts(
         # Helm prints big numbers from values as float64s (2.62144e+07) unless piped to int.
         assert not [v for v in env.values() if re.fullmatch(r"[\d.]+e[+-]\d+", v)], env
         cfg = settings.load(env)
-        assert cfg.nats.user == natsconfig.user_name(names.Bus(prefix=cfg.nats.prefix), role)
+        assert cfg.nats.user == names.user_name(names.Bus(prefix=cfg.nats.prefix), role)
         password = next(e for e in container["env"] if e["name"] == "PODPOST_NATS__PASSWORD")
         assert password["valueFrom"]["secretKeyRef"] == {"name": "podpost-nats-users",
                                                          "key": role}

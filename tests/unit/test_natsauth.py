@@ -17,7 +17,7 @@ PREFIXES = ["podpost", "mail-a"]
 
 
 def _reads_credentials(bus: names.Bus, subject: str) -> bool:
-    stream = natsconfig.kv_stream(bus.credentials_bucket)
+    stream = names.kv_stream(bus.credentials_bucket)
     return (subject.startswith((f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}",
                                 f"$JS.API.CONSUMER.CREATE.{stream}"))
             or subject in (">", "$JS.API.>", f"$KV.{bus.credentials_bucket}.>"))
@@ -62,7 +62,7 @@ def test_api_access_is_per_stream_and_replies_per_role(prefix: str) -> None:
     the installation's streams (or lists stream names), and each subscribes only to its
     own inbox prefix, the one `bus` connects with."""
     bus = names.Bus(prefix=prefix)
-    streams = natsconfig.owned_streams(bus)
+    streams = bus.owned_streams
     for role in ("ingress", "dispatcher", "reconciler"):
         perms = natsconfig.permissions(bus, role)
         for subject in perms.publish_allow:

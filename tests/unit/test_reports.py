@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from admin.rules import reports
+from admin.rules import caughtmail, deadletters, identifiers, statusreport
 from schemas import mail, names, snapshot
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -41,55 +41,55 @@ def letter(env: mail.Envelope | None = None, *, dead_at: datetime = NOW) -> mail
 ])
 def test_parse_ids(texts: list[str], seqs: tuple[int, ...], mail_ids: tuple[str, ...]) -> None:
     """Digits that fit a uint64 are stream sequences; anything else is a mail id."""
-    assert reports.parse_ids(texts) == reports.Ids(seqs=seqs, mail_ids=mail_ids)
+    assert identifiers.parse_ids(texts) == identifiers.Ids(seqs=seqs, mail_ids=mail_ids)
 
 
 @pytest.mark.parametrize("text", ["", "  ", "0", "a b", "ünicode", "tab\there"])
 def test_parse_ids_refuses(text: str) -> None:
     """Empty, zero, spaced and non-ASCII ids are refused with a reason."""
     with pytest.raises(ValueError):
-        reports.parse_ids([text])
+        identifiers.parse_ids([text])
 
 
 @given(st.integers(min_value=1, max_value=2**64 - 1))
 def test_every_sequence_parses_as_itself(seq: int) -> None:
     """Every stream sequence a server can hand out names itself."""
-    assert reports.parse_ids([str(seq)]).seqs == (seq,)
+    assert identifiers.parse_ids([str(seq)]).seqs == (seq,)
 
 
 def test_pick_names_items_by_sequence_and_mail_id() -> None:
     """A sequence names one item, a mail id every item of that mail; unknown ids are
     returned, and the picks come back in stream order."""
-    items = [reports.dead_item(seq, letter(envelope(id=mid)))
+    items = [deadletters.dead_item(seq, letter(envelope(id=mid)))
              for seq, mid in [(1, "aaa"), (2, "bbb"), (3, "aaa")]]
-    chosen, unknown = reports.pick(items, reports.Ids(seqs=(2, 9), mail_ids=("aaa", "zzz")))
+    chosen, unknown = identifiers.pick(items, identifiers.Ids(seqs=(2, 9), mail_ids=("aaa", "zzz")))
     assert [item.seq for item in chosen] == [1, 2, 3]
     assert unknown == ["9", "zzz"]
 
 
 @pytest.mark.parametrize(("where", "kept"), [
-    (reports.Filter(), [1, 2, 3]),
-    (reports.Filter(upstream="mail/other"), [3]),
-    (reports.Filter(policy="apps/batch"), [2]),
-    (reports.Filter(dead_since=NOW - timedelta(hours=2)), [1, 3]),
-    (reports.Filter(dead_before=NOW - timedelta(hours=2)), [2]),
-    (reports.Filter(upstream="mail/up", dead_before=NOW - timedelta(hours=2)), [2]),
+    (deadletters.Filter(), [1, 2, 3]),
+    (deadletters.Filter(upstream="mail/other"), [3]),
+    (deadletters.Filter(policy="apps/batch"), [2]),
+    (deadletters.Filter(dead_since=NOW - timedelta(hours=2)), [1, 3]),
+    (deadletters.Filter(dead_before=NOW - timedelta(hours=2)), [2]),
+    (deadletters.Filter(upstream="mail/up", dead_before=NOW - timedelta(hours=2)), [2]),
 ])
-def test_select(where: reports.Filter, kept: list[int]) -> None:
+def test_select(where: deadletters.Filter, kept: list[int]) -> None:
     """Each filter narrows on its own field; together they all must hold."""
     items = [
-        reports.dead_item(1, letter()),
-        reports.dead_item(2, letter(envelope(policy="apps/batch"),
+        deadletters.dead_item(1, letter()),
+        deadletters.dead_item(2, letter(envelope(policy="apps/batch"),
                                     dead_at=NOW - timedelta(days=1))),
-        reports.dead_item(3, letter(envelope(upstream="mail/other"))),
+        deadletters.dead_item(3, letter(envelope(upstream="mail/other"))),
     ]
-    assert [item.seq for item in reports.select(items, where)] == kept
+    assert [item.seq for item in deadletters.select(items, where)] == kept
 
 
 def test_dead_item_carries_what_dlq_list_promises() -> None:
     """The JSON row of ``dlq list`` names the dead letter and says why it died."""
     ref = mail.BodyRef(name="obj", size=9, sha256="x")
-    item = reports.dead_item(5, letter(envelope(body=None, body_ref=ref, replay_of=2)))
+    item = deadletters.dead_item(5, letter(envelope(body=None, body_ref=ref, replay_of=2)))
     assert (item.id, item.seq, item.policy, item.upstream, item.reason, item.code,
             item.attempts, item.dead_at, item.mail_from, item.rcpt_to, item.body_object,
             item.replay_of) == (5, 5, "apps/web", "mail/up", "refused", 550, 2, NOW,
@@ -100,18 +100,18 @@ def test_a_replay_is_marked_and_maybe_rerouted() -> None:
     """The replayed envelope names its dead letter and only changes the upstream when
     asked; its dedupe id is derived from the mail and the dead letter."""
     env = envelope()
-    same = reports.replay_envelope(env, 12, None)
-    moved = reports.replay_envelope(env, 12, "mail/other")
+    same = deadletters.replay_envelope(env, 12, None)
+    moved = deadletters.replay_envelope(env, 12, "mail/other")
     assert (same.replay_of, same.upstream) == (12, "mail/up")
     assert (moved.replay_of, moved.upstream, moved.policy, moved.body) == (
         12, "mail/other", "apps/web", b"hello")
     assert mail.attempts_key(same) == f"{BASE32_ID}.r12"
-    assert reports.replay_msg_id(BASE32_ID, 12) == f"{BASE32_ID}.replay.12"
+    assert deadletters.replay_msg_id(BASE32_ID, 12) == f"{BASE32_ID}.replay.12"
 
 
 def test_orphaned_bodies() -> None:
     """Only bodies nothing refers to any more are orphans, each once."""
-    assert reports.orphaned(["b", "a", "c", "a"], ["c"]) == ["a", "b"]
+    assert deadletters.orphaned(["b", "a", "c", "a"], ["c"]) == ["a", "b"]
 
 
 def test_status_folds_counts_per_upstream_and_policy() -> None:
@@ -129,30 +129,30 @@ def test_status_folds_counts_per_upstream_and_policy() -> None:
                                 next_attempt_at=NOW + timedelta(minutes=1))
     past = mail.AttemptRecord(policy="apps/web", upstream="mail/up",
                               next_attempt_at=NOW - timedelta(minutes=1))
-    report = reports.status_report(
+    report = statusreport.status_report(
         BUS, now=NOW,
         queued={BUS.mail_subject("mail/up", "apps/web"): 4,
                 BUS.mail_subject("mail/gone", "apps/old"): 1},
-        consumers=[reports.ConsumerLoad(filter_subject=BUS.mail_subject("mail/up", "apps/web"),
-                                        ack_pending=2)],
+        consumers=[statusreport.ConsumerLoad(filter_subject=BUS.mail_subject("mail/up", "apps/web"),
+                                             ack_pending=2)],
         attempts=[future, past], dead={BUS.dead_subject("mail/up"): 3}, snap=snap,
         revision=7)
-    assert report.snapshot == reports.SnapshotStatus(
+    assert report.snapshot == statusreport.SnapshotStatus(
         revision=7, generated_at=snap.generated_at, age_s=300.0, source="test")
     gone, up = report.upstreams
     assert (gone.upstream, gone.queued, gone.known, gone.in_flight) == ("mail/gone", 1, False, 0)
     assert (up.upstream, up.queued, up.in_flight, up.deferred, up.dead, up.known) == (
         "mail/up", 4, 2, 1, 3, True)
-    assert up.policies == [reports.PolicyStatus(
+    assert up.policies == [statusreport.PolicyStatus(
         policy="apps/web", queued=4, in_flight=2, deferred=1,
-        ratelimit=reports.RateUsage(maximum=100, period_s=3600.0))]
+        ratelimit=statusreport.RateUsage(maximum=100, period_s=3600.0))]
 
 
 def test_status_without_a_snapshot() -> None:
     """Before the first snapshot there is nothing to compare with: all rows are known."""
-    report = reports.status_report(BUS, now=NOW, queued={}, consumers=[], attempts=[],
-                                   dead={BUS.dead_subject("mail/up"): 1}, snap=None,
-                                   revision=0)
+    report = statusreport.status_report(BUS, now=NOW, queued={}, consumers=[], attempts=[],
+                                        dead={BUS.dead_subject("mail/up"): 1}, snap=None,
+                                        revision=0)
     assert report.snapshot is None
     assert [(u.upstream, u.dead, u.known, u.policies) for u in report.upstreams] == [
         ("mail/up", 1, True, [])]
@@ -169,6 +169,6 @@ def test_status_without_a_snapshot() -> None:
 def test_read_message(raw: bytes, subject: str, text: str) -> None:
     """A message is shown leniently: its subject and a readable text with plain line
     ends, or a note saying what there is instead."""
-    view = reports.read_message(raw)
+    view = caughtmail.read_message(raw)
     assert (view.subject, view.text) == (subject, text)
-    assert reports.subject_of(raw) == subject
+    assert caughtmail.subject_of(raw) == subject

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from admin.rules import reports
+from admin.rules import statusreport
 from schemas import names, snapshot
 
 BUS = names.Bus(prefix="podpost")
@@ -21,9 +21,9 @@ def _snap() -> snapshot.PolicySnapshot:
         upstreams={"mail/up": snapshot.UpstreamView(key="mail/up", host="h", port=25)})
 
 
-def _usage(rate_used: dict[str, int] | None) -> dict[str, reports.RateUsage | None]:
-    report = reports.status_report(BUS, now=NOW, queued={}, consumers=[], attempts=[],
-                                   dead={}, snap=_snap(), revision=1, rate_used=rate_used)
+def _usage(rate_used: dict[str, int] | None) -> dict[str, statusreport.RateUsage | None]:
+    report = statusreport.status_report(BUS, now=NOW, queued={}, consumers=[], attempts=[],
+                                        dead={}, snap=_snap(), revision=1, rate_used=rate_used)
     return {p.policy: p.ratelimit for u in report.upstreams for p in u.policies}
 
 
@@ -31,12 +31,12 @@ def test_window_use_is_shown_per_limited_policy() -> None:
     """A limited policy shows its count; one without a current window has used none; an
     unlimited one has no rate column at all."""
     assert _usage({"apps/a": 40}) == {
-        "apps/a": reports.RateUsage(maximum=100, period_s=3600.0, used=40),
-        "apps/b": reports.RateUsage(maximum=100, period_s=3600.0, used=0),
+        "apps/a": statusreport.RateUsage(maximum=100, period_s=3600.0, used=40),
+        "apps/b": statusreport.RateUsage(maximum=100, period_s=3600.0, used=0),
         "apps/free": None,
     }
 
 
 def test_unreadable_counters_show_as_unknown() -> None:
     """When the counters could not be read the use is unknown, not zero."""
-    assert _usage(None)["apps/a"] == reports.RateUsage(maximum=100, period_s=3600.0)
+    assert _usage(None)["apps/a"] == statusreport.RateUsage(maximum=100, period_s=3600.0)

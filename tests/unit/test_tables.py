@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console, RenderableType
 
-from admin.rules import reports
+from admin.rules import caughtmail, deadletters, statusreport
 from podpost import tables
 from schemas import events, mail
 
@@ -32,11 +32,11 @@ def envelope(**kwargs: object) -> mail.Envelope:
     return mail.Envelope(**fields)  # type: ignore[arg-type]
 
 
-def dead(seq: int = 3, **kwargs: object) -> tuple[reports.DeadItem, mail.DeadLetter]:
+def dead(seq: int = 3, **kwargs: object) -> tuple[deadletters.DeadItem, mail.DeadLetter]:
     letter = mail.DeadLetter(envelope=envelope(**kwargs), fate="permanent", reason="",
                              code=550, reply="5.1.1 [bold]no[/bold] such user", attempts=2,
                              dead_at=NOW - timedelta(hours=3, minutes=12, seconds=5))
-    return reports.dead_item(seq, letter), letter
+    return deadletters.dead_item(seq, letter), letter
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -83,8 +83,8 @@ def test_one_dead_letter_in_detail() -> None:
 
 def test_caught_mail_shows_headers_then_text() -> None:
     """``caught show`` prints the envelope, the headers as written, then the text."""
-    item = reports.caught_item(1, mail.Caught(envelope=envelope(), caught_at=NOW), "hi")
-    message = reports.read_message(b"Subject: hi\r\nX-Odd: [red]x[/red]\r\n\r\nbody text\r\n")
+    item = caughtmail.caught_item(1, mail.Caught(envelope=envelope(), caught_at=NOW), "hi")
+    message = caughtmail.read_message(b"Subject: hi\r\nX-Odd: [red]x[/red]\r\n\r\nbody text\r\n")
     text = render(tables.caught_mail(item, message))
     assert "caught mail 1" in text
     assert "X-Odd: [red]x[/red]" in " ".join(text.split())
@@ -117,17 +117,17 @@ def test_trace_lists_events_in_order_with_details() -> None:
 def test_status_rows_and_caption() -> None:
     """Upstreams in bold rows with their policies indented underneath; the snapshot's
     revision and age in the caption; an upstream the snapshot lacks is flagged."""
-    report = reports.StatusReport(
+    report = statusreport.StatusReport(
         at=NOW,
-        snapshot=reports.SnapshotStatus(revision=7, generated_at=NOW - timedelta(minutes=5),
-                                        age_s=300.0),
+        snapshot=statusreport.SnapshotStatus(revision=7, generated_at=NOW - timedelta(minutes=5),
+                                             age_s=300.0),
         upstreams=[
-            reports.UpstreamStatus(upstream="mail/gone", queued=1, known=False),
-            reports.UpstreamStatus(
+            statusreport.UpstreamStatus(upstream="mail/gone", queued=1, known=False),
+            statusreport.UpstreamStatus(
                 upstream="mail/up", queued=4, in_flight=2, deferred=1, dead=3,
-                policies=[reports.PolicyStatus(
+                policies=[statusreport.PolicyStatus(
                     policy="apps/web", queued=4, in_flight=2, deferred=1,
-                    ratelimit=reports.RateUsage(maximum=100, period_s=3600, used=40))]),
+                    ratelimit=statusreport.RateUsage(maximum=100, period_s=3600, used=40))]),
         ])
     text = render(tables.status(report))
     assert "policy snapshot revision 7, 5m old (2026-11-23 11:55:00Z)" in text
@@ -135,18 +135,18 @@ def test_status_rows_and_caption() -> None:
     policy_row = next(line for line in text.splitlines() if "apps/web" in line)
     assert [c.strip() for c in policy_row.split("│")][1:7] == [
         "apps/web", "4", "2", "1", "-", "40/100 per 1h"]
-    empty = render(tables.status(reports.StatusReport(at=NOW, snapshot=None, upstreams=[])))
+    empty = render(tables.status(statusreport.StatusReport(at=NOW, snapshot=None, upstreams=[])))
     assert "no policy snapshot published yet" in empty and "(nothing known yet)" in empty
 
 
 def test_replays_and_purges() -> None:
     """A re-routed replay shows both upstreams; dry runs say what would happen."""
-    replay = reports.Replay(seq=3, mail_id="m", policy="apps/web", from_upstream="mail/up",
-                            to_upstream="mail/other", subject="s", msg_id="m.replay.3",
-                            rcpt_to=["a@x"], outcome="queued")
+    replay = deadletters.Replay(seq=3, mail_id="m", policy="apps/web", from_upstream="mail/up",
+                                to_upstream="mail/other", subject="s", msg_id="m.replay.3",
+                                rcpt_to=["a@x"], outcome="queued")
     text = render(tables.replays([replay], dry_run=False))
     assert "replayed 1 dead letter" in text and "mail/up -> mail/other" in text
     assert "would replay 1" in render(tables.replays([replay], dry_run=True))
-    purge = reports.Purge(seq=3, mail_id="m", outcome="purged", body="kept")
+    purge = deadletters.Purge(seq=3, mail_id="m", outcome="purged", body="kept")
     text = render(tables.purges([purge, purge], dry_run=True))
     assert "would purge 2 dead letters" in text and "kept" in text
