@@ -12,20 +12,17 @@ values; it is logged and tried again next time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable, Sequence
 
-import nats.errors
 import structlog
 from nats.js.api import ConsumerInfo
 
-from runtime import bus, metrics
+from runtime import bus, metrics, waiting
 from runtime import settings as settings_mod
 from schemas import names
 
 log = structlog.get_logger("dispatcher.sampling")
 
-API_TIMEOUT_S = 10.0
 PAGE = 256
 """The server's page size for consumer lists."""
 MAX_PAGES = 64
@@ -58,7 +55,7 @@ def rows(bus_names: names.Bus, consumers: Iterable[Row], serve: Sequence[str]
 async def _list(conn: bus.Conn) -> list[ConsumerInfo]:
     infos: list[ConsumerInfo] = []
     for page in range(MAX_PAGES):
-        async with asyncio.timeout(API_TIMEOUT_S):
+        async with asyncio.timeout(conn.deadlines.api_s):
             got = await conn.js.consumers_info(conn.names.mail_stream, offset=page * PAGE)
         infos.extend(got)
         if len(got) < PAGE:
@@ -82,8 +79,6 @@ async def run(conn: bus.Conn, cfg: settings_mod.Settings, stop: asyncio.Event) -
     while not stop.is_set():
         try:
             await sample(conn, cfg.dispatcher.upstreams)
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
+        except bus.TRANSIENT as exc:
             log.warning("dispatcher.sample_failed", error=str(exc) or repr(exc))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(cfg.health.sample_interval_s):
-                await stop.wait()
+        await waiting.sleep_or_stop(stop, cfg.health.sample_interval_s)
