@@ -27,6 +27,7 @@ from schemas import names, snapshot
 
 log = structlog.get_logger("dispatcher.consumers")
 
+
 class Pair(NamedTuple):
     upstream: str
     policy: str

@@ -4,9 +4,9 @@ Upstream logins live in their own KV bucket (only the reconciler writes it, only
 dispatchers read it) and never in the snapshot, logs or events. Reading the bucket for
 every mail would add a round trip per delivery, so logins are cached for as long as the
 bucket's last revision has not moved; that is checked at most once per ``check_every_s``,
-so a rotated password reaches the dispatcher within that. Each read has the
-``kv_s`` deadline of the connection's `settings_mod.DeadlineSettings`. The same bucket carries the
-upstreams' CA bundles (``ca.<hash>`` keys, `snapshot.TrustedCA`), read the same way.
+so a rotated password reaches the dispatcher within that. The same bucket carries the
+upstreams' CA bundles (``ca.<hash>`` keys, `snapshot.TrustedCA`), read the same way. Each
+read has the connection's ``kv_s`` deadline (``conn.deadlines``).
 """
 
 from __future__ import annotations
