@@ -73,7 +73,7 @@ async def handle(ctx: Context, pair: consumers.Pair, msg: Msg) -> None:
         mail_id=env.id, policy=pair.policy, upstream=pair.upstream)
     snap = ctx.holder.current
     view = snap.policies.get(pair.policy) if snap else None
-    retry = backoff.effective(ctx.cfg.dispatcher.retry.policy(),
+    retry = backoff.effective(ctx.cfg.dispatcher.retry,
                               view.retry if view else None)
     record, had_record = await recording.read(ctx.stores, msg, env)
     item = settling.Mail(msg=msg, envelope=env, record=record, had_record=had_record,
