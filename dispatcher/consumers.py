@@ -17,19 +17,15 @@ import contextlib
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple
 
-import nats.errors
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from runtime import bus, policies
+from runtime import bus, policies, waiting
 from runtime import settings as settings_mod
 from schemas import names, snapshot
 
 log = structlog.get_logger("dispatcher.consumers")
-
-API_TIMEOUT_S = 10.0
-"""Deadline of each JetStream API request made here."""
 
 
 class Pair(NamedTuple):
@@ -62,7 +58,7 @@ async def queued(conn: bus.Conn, serve: Sequence[str]) -> set[Pair]:
         conn.names.mail_filter()]
     pairs: set[Pair] = set()
     for subject_filter in filters:
-        async with asyncio.timeout(API_TIMEOUT_S):
+        async with asyncio.timeout(conn.deadlines.api_s):
             info = await conn.js.stream_info(conn.names.mail_stream,
                                              subjects_filter=subject_filter)
         for subject, count in (info.state.subjects or {}).items():
@@ -97,7 +93,7 @@ async def subscribe(
     """Create (or update to our settings) the pair's durable consumer and bind to it.
     Creating an identical consumer is a no-op, so replicas may race here."""
     config = consumer_config(conn.names, pair, cfg)
-    async with asyncio.timeout(API_TIMEOUT_S):
+    async with asyncio.timeout(conn.deadlines.api_s):
         await conn.js.add_consumer(conn.names.mail_stream, config=config)
     return await conn.js.pull_subscribe_bind(
         durable=config.durable_name, stream=conn.names.mail_stream)
@@ -121,16 +117,16 @@ async def run(
         async with asyncio.TaskGroup() as tg:
             while not stop.is_set():
                 for pair in [p for p, r in running.items() if r.task.done()]:
-                    await _unsubscribe(running.pop(pair).sub)
+                    await _unsubscribe(conn, running.pop(pair).sub)
                 try:
                     pairs = wanted(holder.current, await queued(conn, serve), serve)
-                except (nats.errors.Error, TimeoutError, OSError) as exc:
+                except bus.TRANSIENT as exc:
                     log.warning("dispatcher.discovery_failed", error=str(exc) or repr(exc))
                     pairs = set(running)
                 for pair in sorted(pairs - set(running)):
                     try:
                         sub = await subscribe(conn, pair, cfg.dispatcher)
-                    except (nats.errors.Error, TimeoutError, OSError) as exc:
+                    except bus.TRANSIENT as exc:
                         log.warning("dispatcher.consumer_failed", upstream=pair.upstream,
                                     policy=pair.policy, error=str(exc) or repr(exc))
                         continue
@@ -145,17 +141,15 @@ async def run(
                         running[pair].quit.set()
                         log.info("dispatcher.consumer_stopped", upstream=pair.upstream,
                                  policy=pair.policy)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(cfg.dispatcher.discovery_interval_s):
-                        await stop.wait()
+                await waiting.sleep_or_stop(stop, cfg.dispatcher.discovery_interval_s)
             for entry in running.values():
                 entry.quit.set()
     finally:
         for entry in running.values():
-            await _unsubscribe(entry.sub)
+            await _unsubscribe(conn, entry.sub)
 
 
-async def _unsubscribe(sub: JetStreamContext.PullSubscription) -> None:
-    with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
-        async with asyncio.timeout(2.0):
+async def _unsubscribe(conn: bus.Conn, sub: JetStreamContext.PullSubscription) -> None:
+    with contextlib.suppress(*bus.TRANSIENT):
+        async with asyncio.timeout(conn.deadlines.close_s):
             await sub.unsubscribe()

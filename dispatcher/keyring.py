@@ -5,7 +5,8 @@ dispatchers read it) and never in the snapshot, logs or events. Reading the buck
 every mail would add a round trip per delivery, so logins are cached for as long as the
 bucket's last revision has not moved; that is checked at most once per ``check_every_s``,
 so a rotated password reaches the dispatcher within that. The same bucket carries the
-upstreams' CA bundles (``ca.<hash>`` keys, `snapshot.TrustedCA`), read the same way.
+upstreams' CA bundles (``ca.<hash>`` keys, `snapshot.TrustedCA`), read the same way. Each
+read has the connection's ``kv_s`` deadline (``conn.deadlines``).
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
+from runtime import settings as settings_mod
 from schemas import snapshot
 
 log = structlog.get_logger("dispatcher.keyring")
-
-KV_TIMEOUT_S = 5.0
 
 _V = TypeVar("_V", snapshot.Credentials, snapshot.TrustedCA)
 
 
 class Keyring:
-    def __init__(self, kv: KeyValue, *, check_every_s: float = 1.0) -> None:
+    def __init__(
+        self, kv: KeyValue, *, deadlines: settings_mod.DeadlineSettings,
+        check_every_s: float = 1.0,
+    ) -> None:
         self._kv = kv
+        self._timeout_s = deadlines.kv_s
         self._check_every_s = check_every_s
         self._revision = -1
         self._checked_at = float("-inf")
@@ -39,7 +43,7 @@ class Keyring:
         now = asyncio.get_running_loop().time()
         if now - self._checked_at < self._check_every_s:
             return
-        async with asyncio.timeout(KV_TIMEOUT_S):
+        async with asyncio.timeout(self._timeout_s):
             status = await self._kv.status()
         self._checked_at = now
         revision = status.stream_info.state.last_seq
@@ -64,7 +68,7 @@ class Keyring:
             cached = self._cache[key]
             return cached if isinstance(cached, tp) else None
         try:
-            async with asyncio.timeout(KV_TIMEOUT_S):
+            async with asyncio.timeout(self._timeout_s):
                 entry = await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None  # not cached: the reconciler may be about to write it

@@ -15,7 +15,7 @@ import functools
 
 import structlog
 
-from dispatcher import consumers, keyring, pool, ratekv, sampling, settling, worker
+from dispatcher import consumers, delivery, keyring, pool, ratekv, recording, sampling, worker
 from dispatcher.rules import limiting
 from runtime import bus, health, policies
 from runtime import settings as settings_mod
@@ -31,15 +31,18 @@ async def serve(
     (by default the global one over the RATES bucket, `ratekv.KvLimiter`)."""
     async with bus.connect(cfg.nats, "dispatcher") as conn:
         holder = policies.SnapshotHolder(role="dispatcher")
-        stores = settling.Stores(conn=conn, attempts=await bus.attempts_kv(conn),
-                                 bodies=await bus.bodies(conn))
+        stores = await recording.open_stores(conn)
         async with pool.Pool(cfg.dispatcher) as smtp_pool:
             shared = worker.Shared(
-                cfg=cfg, holder=holder, pool=smtp_pool,
+                trip=delivery.Context(
+                    cfg=cfg, holder=holder, pool=smtp_pool,
+                    stores=stores,
+                    keyring=keyring.Keyring(await bus.credentials_kv(conn),
+                                            deadlines=conn.deadlines),
+                ),
                 limiter=limiter or ratekv.KvLimiter(
-                    await bus.rates_kv(conn), scale=cfg.dispatcher.rate_window_scale),
-                stores=stores,
-                keyring=keyring.Keyring(await bus.credentials_kv(conn)),
+                    await bus.rates_kv(conn), scale=cfg.dispatcher.rate_window_scale,
+                    deadlines=conn.deadlines),
             )
             log.info("dispatcher.started", upstreams=cfg.dispatcher.upstreams or "all")
             ready = health.readiness.registered(

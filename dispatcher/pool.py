@@ -29,7 +29,6 @@ The whole API the worker needs::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import socket
 import ssl
@@ -42,7 +41,7 @@ import structlog
 
 from dispatcher import sending
 from dispatcher.rules.outcome import Outcome
-from runtime import settings
+from runtime import settings, waiting
 from schemas import snapshot
 
 log = structlog.get_logger("dispatcher.pool")
@@ -274,9 +273,7 @@ class Pool:
         it does not close the pool: `close` (or leaving ``async with``) does."""
         interval = min(max(self._cfg.idle_connection_s / 2, 0.05), 5.0)
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await stop.wait()
+            await waiting.sleep_or_stop(stop, interval)
             await self.reap()
 
     async def close(self) -> None:

@@ -33,18 +33,17 @@ import time
 from collections.abc import Callable
 
 import msgspec
-import nats.errors
 import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
 from dispatcher.rules import limiting
+from runtime import bus
+from runtime import settings as settings_mod
 from schemas import rates, snapshot
 
 log = structlog.get_logger("dispatcher.ratekv")
 
-KV_TIMEOUT_S = 5.0
-"""Deadline of each counter read or write; a slower broker grants nothing this round."""
 CAS_TRIES = 10
 """Reads-and-writes per grant before giving up for this round (others won every race)."""
 CAS_JITTER_S = 0.005
@@ -60,8 +59,15 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_DEFAULT_DEADLINES = settings_mod.DeadlineSettings()
+
+
 class _Contended(Exception):
     """Every compare-and-swap try of one change lost its race."""
+
+
+_NOT_COUNTED: tuple[type[Exception], ...] = (*bus.TRANSIENT, _Contended)
+"""Why a grant or a correction is dropped this round: broker trouble or lost races."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +86,16 @@ _last_grant: contextvars.ContextVar[_Grant | None] = contextvars.ContextVar(
 
 
 class KvLimiter:
-    """`limiting.Limiter` over a KV bucket; policies without a rate limit cost no I/O."""
+    """`limiting.Limiter` over a KV bucket; policies without a rate limit cost no I/O.
+    Each counter read or write has the ``kv_s`` deadline of ``deadlines`` (a connection's
+    ``conn.deadlines``); a slower broker grants nothing this round."""
 
     def __init__(
-        self, kv: KeyValue, *, scale: float = 1.0, clock: Callable[[], int] = now_ms
+        self, kv: KeyValue, *, scale: float = 1.0, clock: Callable[[], int] = now_ms,
+        deadlines: settings_mod.DeadlineSettings = _DEFAULT_DEADLINES,
     ) -> None:
         self._kv = kv
+        self._timeout_s = deadlines.kv_s
         self._scale = scale
         self._clock = clock
 
@@ -106,7 +116,7 @@ class KvLimiter:
             before, after = await self._swap(
                 key, window, lambda used, sent: (
                     used + limiting.grant(ratelimit.maximum, used, want), sent))
-        except (nats.errors.Error, TimeoutError, _Contended) as exc:
+        except _NOT_COUNTED as exc:
             log.warning("dispatcher.rate_count_failed", policy=policy_key, window=key,
                         error=str(exc) or type(exc).__name__)
             return 0
@@ -138,7 +148,7 @@ class KvLimiter:
         try:
             await self._swap(key, window, lambda used, was_sent: (
                 limiting.adjusted(used, delta), was_sent + sent))
-        except (nats.errors.Error, TimeoutError, _Contended) as exc:
+        except _NOT_COUNTED as exc:
             log.warning("dispatcher.rate_correction_dropped", policy=policy_key, window=key,
                         delta=delta, sent=sent, error=str(exc) or type(exc).__name__)
 
@@ -161,7 +171,7 @@ class KvLimiter:
             revision: int | None = None
             used = sent = 0
             try:
-                async with asyncio.timeout(KV_TIMEOUT_S):
+                async with asyncio.timeout(self._timeout_s):
                     entry = await self._kv.get(key)
                 revision = entry.revision
                 stored = rates.window_decoder.decode(entry.value or b"")
@@ -177,7 +187,7 @@ class KvLimiter:
             value = rates.window_encoder.encode(
                 msgspec.structs.replace(window, used=new, sent=new_sent))
             try:
-                async with asyncio.timeout(KV_TIMEOUT_S):
+                async with asyncio.timeout(self._timeout_s):
                     if revision is None:
                         await self._kv.create(key, value)
                     else:

@@ -1,6 +1,6 @@
 """Sample the MAIL stream's consumers into the queue-depth and lag gauges.
 
-Every ``health.sample_interval_s`` one ``CONSUMER.LIST`` request (paged, 256 a page) reads
+Every ``health.sample_interval_s`` one consumer listing (`runtime.bus.consumer_infos`) reads
 ``num_pending`` (never handed out: the lag an autoscaler watches) and ``num_ack_pending``
 (handed out, not acked: in delivery or waiting for a retry) of every durable consumer, and
 `runtime.metrics.Metrics.set_consumers` replaces the gauges with them. A replica started
@@ -12,25 +12,15 @@ values; it is logged and tried again next time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable, Sequence
 
-import nats.errors
 import structlog
-from nats.js.api import ConsumerInfo
 
-from runtime import bus, metrics
+from runtime import bus, metrics, waiting
 from runtime import settings as settings_mod
 from schemas import names
 
 log = structlog.get_logger("dispatcher.sampling")
-
-API_TIMEOUT_S = 10.0
-PAGE = 256
-"""The server's page size for consumer lists."""
-MAX_PAGES = 64
-"""Bounds one sample: 16,384 consumers."""
-
 
 Row = tuple[str | None, int | None, int | None]
 """A consumer's filter subject, num_pending and num_ack_pending, as the server says."""
@@ -55,20 +45,9 @@ def rows(bus_names: names.Bus, consumers: Iterable[Row], serve: Sequence[str]
     return out
 
 
-async def _list(conn: bus.Conn) -> list[ConsumerInfo]:
-    infos: list[ConsumerInfo] = []
-    for page in range(MAX_PAGES):
-        async with asyncio.timeout(API_TIMEOUT_S):
-            got = await conn.js.consumers_info(conn.names.mail_stream, offset=page * PAGE)
-        infos.extend(got)
-        if len(got) < PAGE:
-            break
-    return infos
-
-
 async def sample(conn: bus.Conn, serve: Sequence[str]) -> None:
     """One sample into the gauges."""
-    infos = await _list(conn)
+    infos = await bus.consumer_infos(conn)
     metrics.current().set_consumers(rows(
         conn.names,
         ((info.config.filter_subject, info.num_pending, info.num_ack_pending)
@@ -82,8 +61,6 @@ async def run(conn: bus.Conn, cfg: settings_mod.Settings, stop: asyncio.Event) -
     while not stop.is_set():
         try:
             await sample(conn, cfg.dispatcher.upstreams)
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
+        except bus.TRANSIENT as exc:
             log.warning("dispatcher.sample_failed", error=str(exc) or repr(exc))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(cfg.health.sample_interval_s):
-                await stop.wait()
+        await waiting.sleep_or_stop(stop, cfg.health.sample_interval_s)

@@ -1,58 +1,45 @@
-"""Acting on a `classify.Decision`: persist what replaces the message, then ack or nak it.
+"""Acting on what became of a message: persist what replaces it, then ack or nak it, then
+report. The only dispatcher module that acks, naks or terminates a message, emits its
+events, logs its outcome line and counts it; what it persists goes through `recording`.
 
 The order is the point of this module. Nothing is acked before the thing that replaces
 it is stored:
 
-1. each dead group is published to the DEAD stream (``Nats-Msg-Id`` from the mail and
-   its recipients, so a retry after a lost PubAck stores it once) and its PubAck awaited;
+1. each dead group is published to the DEAD stream (`recording.dead_letter`) and its
+   PubAck awaited;
 2. the attempt record is written (attempts, settled recipients, next attempt) whenever
    the message will come back, so a redelivery never sends to a settled recipient again;
 3. then ``nak(delay=...)`` if any recipient is deferred, else ``ack_sync``; only after a
    confirmed ack are the attempt record and (when nobody was dead-lettered, who might be
-   replayed) the body object deleted.
+   replayed) the body object deleted (`recording.forget`).
 
-A crash anywhere in between leaves the message unacked: it is redelivered after
-``ack_wait_s`` and the record says what is already done. Then the events, one log line
-per group, and the counters: a mail counts once under each fate its recipients got.
+The catcher's mail follows the same rule: its copy on the CAUGHT stream is stored before
+the ack (`catch`). A crash anywhere in between leaves the message unacked: it is
+redelivered after ``ack_wait_s`` and the record says what is already done. Then the
+events, one log line per group, and the counters: a mail counts once under each fate its
+recipients got.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
-import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
+from dispatcher import recording
 from dispatcher.rules import classify, ledger
 from runtime import bus, eventing, metrics
 from schemas import events, mail
 
 log = structlog.get_logger("dispatcher.settling")
 
-PUBLISH_TIMEOUT_S = 10.0
-"""Deadline for a PubAck (dead letters, caught mail) and for KV writes."""
-ACK_TIMEOUT_S = 5.0
-"""Deadline for the server to confirm an ack (``ack_sync``)."""
+FAILED_DELAY_S = 5.0
+"""Redelivery delay after the broker failed us mid-message, or a bug did."""
 
-_encoder = msgspec.json.Encoder()
 _NO_RECORD = mail.AttemptRecord()
-
-
-@dataclass(frozen=True)
-class Stores:
-    """The bus handles settling writes to."""
-
-    conn: bus.Conn
-    attempts: KeyValue
-    bodies: ObjectStore
 
 
 @dataclass(frozen=True)
@@ -68,22 +55,63 @@ class Mail:
     upstream: str
 
 
-async def settle(stores: Stores, item: Mail, decision: classify.Decision, now: datetime) -> None:
+async def settle(
+    stores: recording.Stores, item: Mail, decision: classify.Decision, now: datetime
+) -> None:
     """Persist, then ack or nak, then report; see the module docstring for the order."""
     env = item.envelope
     key = mail.attempts_key(env)
     record = ledger.after(item.record, decision, now=now, policy=item.policy,
                           upstream=item.upstream)
     for verdict in decision.of(classify.Fate.DEAD):
-        await _dead_letter(stores, item, verdict, record, key, now)
+        await recording.dead_letter(stores, env, item.upstream, verdict, record, key, now)
     if decision.settled:
         await _finish(stores, item, record, key)
     else:
         if decision.attempt > 0 or record.done != item.record.done:
-            await _put_record(stores, key, record)  # a mere hold changes nothing worth it
+            await recording.put(stores, key, record)  # a mere hold changes nothing worth it
         await item.msg.nak(delay=decision.delay_s)
     await _report(stores.conn, item, decision, now)
     count(item, decision, now)
+
+
+async def catch(stores: recording.Stores, item: Mail, now: datetime) -> None:
+    """The catcher sink: keep the mail on the CAUGHT stream, then ack, then report it
+    delivered."""
+    env = item.envelope
+    await recording.caught(stores, env, item.policy, now)
+    await item.msg.ack()
+    await eventing.emit(stores.conn, events.Delivered(
+        mail_id=env.id, at=now, policy=item.policy, upstream=item.upstream,
+        reply="kept by the catcher", rcpt_to=list(env.rcpt_to)))
+    log.info("dispatcher.mail_caught", rcpt_count=len(env.rcpt_to))
+    count_delivered(item, now)
+
+
+async def attempted(conn: bus.Conn, item: Mail, attempt: int, rcpt_count: int,
+                    now: datetime) -> None:
+    """An attempt begins: its event, before the upstream is asked."""
+    await eventing.emit(conn, events.Attempted(
+        mail_id=item.envelope.id, at=now, policy=item.policy, upstream=item.upstream,
+        attempt=attempt, rcpt_count=rcpt_count))
+
+
+async def undecodable(msg: Msg, error: str) -> None:
+    """A message that is no `mail.Envelope` can never be delivered: terminate it."""
+    log.error("dispatcher.mail_undecodable", subject=msg.subject, error=error)
+    await msg.term()
+
+
+async def failed(msg: Msg, exc: Exception) -> None:
+    """Broker trouble (`bus.TRANSIENT`) or a bug while handling ``msg``: log it (a bug
+    with its traceback) and nak it, so it comes back later; called in the except block."""
+    if isinstance(exc, bus.TRANSIENT):
+        log.warning("dispatcher.message_failed", error=str(exc) or repr(exc))
+    else:
+        log.exception("dispatcher.message_failed")
+    if not msg.is_acked:
+        with contextlib.suppress(*bus.TRANSIENT):
+            await msg.nak(delay=FAILED_DELAY_S)
 
 
 def count_delivered(item: Mail, now: datetime) -> None:
@@ -107,57 +135,26 @@ def count(item: Mail, decision: classify.Decision, now: datetime) -> None:
         m.deferred.labels(up, policy).inc()
 
 
-async def _dead_letter(
-    stores: Stores, item: Mail, verdict: classify.Verdict, record: mail.AttemptRecord,
-    key: str, now: datetime,
+async def _finish(
+    stores: recording.Stores, item: Mail, record: mail.AttemptRecord, key: str
 ) -> None:
-    letter = mail.DeadLetter(
-        envelope=msgspec.structs.replace(item.envelope, rcpt_to=list(verdict.rcpts)),
-        fate=str(verdict.dead_fate or classify.DeadFate.PERMANENT),
-        reason=verdict.reason,
-        code=verdict.code,
-        reply=verdict.reply,
-        attempts=record.attempts,
-        first_attempt_at=record.first_attempt_at,
-        last_attempt_at=record.last_attempt_at,
-        dead_at=now,
-    )
-    async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-        await stores.conn.js.publish(
-            stores.conn.names.dead_subject(item.upstream), _encoder.encode(letter),
-            headers={"Nats-Msg-Id": ledger.dead_letter_id(key, verdict.rcpts)},
-        )
-
-
-async def _put_record(stores: Stores, key: str, record: mail.AttemptRecord) -> None:
-    async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-        await stores.attempts.put(key, _encoder.encode(record))
-
-
-async def _finish(stores: Stores, item: Mail, record: mail.AttemptRecord, key: str) -> None:
     """Every recipient is settled: ack, and only once the ack is confirmed clean up."""
     try:
-        await item.msg.ack_sync(timeout=ACK_TIMEOUT_S)
-    except (nats.errors.Error, TimeoutError) as exc:
+        await item.msg.ack_sync(timeout=stores.conn.deadlines.ack_s)
+    except bus.TRANSIENT as exc:
         # The ack may or may not have landed. If not, the message comes back: make sure
         # the record says everything is settled, so nothing is sent again.
         log.warning("dispatcher.ack_unconfirmed", error=str(exc) or repr(exc))
         if record != _NO_RECORD:
-            await _put_record(stores, key, record)
+            await recording.put(stores, key, record)
         return
-    with contextlib.suppress(nats.errors.Error, TimeoutError):
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            if item.had_record:
-                await stores.attempts.delete(key)
-            ref = item.envelope.body_ref
-            if ref is not None and not record.dead:
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await stores.bodies.delete(ref.name)
+    await recording.forget(stores, key, had_record=item.had_record,
+                           body_ref=None if record.dead else item.envelope.body_ref)
 
 
 async def _report(conn: bus.Conn, item: Mail, decision: classify.Decision, now: datetime) -> None:
     """The events of this decision and one log line per group (mail_id, policy and
-    upstream are bound in the context by the worker)."""
+    upstream are bound in the context by `delivery`)."""
     env = item.envelope
     for verdict in decision.verdicts:
         rcpts = list(verdict.rcpts)

@@ -244,3 +244,21 @@ async def _gone(store: ObjectStore, name: str) -> bool:
     except nats.js.errors.NotFoundError:
         return True
     return False
+
+
+async def test_a_message_that_is_no_envelope_is_terminated_and_the_next_mail_delivered(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, upstream: upstream_mod.Upstream
+) -> None:
+    """A message on a mail subject that does not decode as an `Envelope` is terminated
+    (it leaves the stream, nothing is sent for it) and the mail queued after it is
+    delivered."""
+    policy = d.policy_view(POLICY, UP)
+    await d.publish_snapshot(conn, [policy], [d.upstream_view(UP, upstream)])
+    env = d.envelope(policy, ["you@example.org"])
+    async with d.dispatcher(d.config(nats_settings)):
+        await conn.js.publish(conn.names.mail_subject(UP, POLICY), b"\x00 not an envelope")
+        await d.queue(conn, env)
+        received = await upstream.handler.wait_for(1)
+        await d.eventually(lambda: d.drained(conn))
+    assert [r.rcpt_to for r in received] == [["you@example.org"]]
+    assert len(upstream.handler.messages) == 1

@@ -1,0 +1,131 @@
+"""One message's trip, from a fetched message to its settled fate.
+
+decode the `Envelope` -> read the `AttemptRecord` if the message was seen before
+(`recording.read`) -> skip the settled recipients (`ledger.pending`) -> the catcher keeps
+it, or the pool delivers it to the upstream -> `classify` decides each recipient's fate ->
+`settling` persists, then acks or naks, then reports.
+
+Nothing to try with (no snapshot yet, upstream, policy or login unknown) is a *hold*: a
+short nak that is not counted as an attempt. A mail whose body object is gone cannot be
+sent: `classify` dead-letters it (``failure="body"``) without an attempt. This module reads
+and decides; it acks nothing, writes nothing and reports nothing itself: what it learns
+goes to `settling`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+
+from dispatcher import consumers, keyring, recording, settling
+from dispatcher.rules import backoff, classify, ledger
+from dispatcher.rules import outcome as outcome_mod
+from runtime import policies
+from runtime import settings as settings_mod
+from schemas import mail, names, snapshot
+
+NO_SNAPSHOT_DELAY_S = 1.0
+"""Hold before the first snapshot arrived: it comes within a poll or two."""
+UNKNOWN_DELAY_S = 5.0
+"""Hold when the upstream, policy or login is not (yet) known."""
+
+
+class Deliverer(Protocol):
+    """What a trip needs of `pool.Pool`."""
+
+    async def deliver(
+        self, upstream: snapshot.UpstreamView, creds: snapshot.Credentials | None,
+        mail_from: str, rcpts: Sequence[str], data: bytes, *,
+        ca: snapshot.TrustedCA | None = None,
+    ) -> outcome_mod.Outcome: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every trip of one dispatcher process uses."""
+
+    cfg: settings_mod.Settings
+    holder: policies.SnapshotHolder
+    pool: Deliverer
+    stores: recording.Stores
+    keyring: keyring.Keyring
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def handle(ctx: Context, pair: consumers.Pair, msg: Msg) -> None:
+    """One message from fetch to ack or nak."""
+    structlog.contextvars.clear_contextvars()
+    try:
+        env = mail.envelope_decoder.decode(msg.data)
+    except msgspec.DecodeError as exc:
+        await settling.undecodable(msg, str(exc))
+        return
+    structlog.contextvars.bind_contextvars(
+        mail_id=env.id, policy=pair.policy, upstream=pair.upstream)
+    snap = ctx.holder.current
+    view = snap.policies.get(pair.policy) if snap else None
+    retry = backoff.effective(ctx.cfg.dispatcher.retry,
+                              view.retry if view else None)
+    record, had_record = await recording.read(ctx.stores, msg, env)
+    item = settling.Mail(msg=msg, envelope=env, record=record, had_record=had_record,
+                         policy=pair.policy, upstream=pair.upstream)
+    if pair.upstream == names.CATCHER:
+        await settling.catch(ctx.stores, item, _now())
+        return
+    rcpts = ledger.pending(env, record)
+    age = backoff.age_s(env.received_at, _now())
+    up = snap.upstreams.get(pair.upstream) if snap else None
+    decision: classify.Decision
+    if not rcpts:  # settled before, but the ack got lost
+        decision = classify.Decision(attempt=0, verdicts=[])
+    elif snap is None:
+        decision = classify.hold(rcpts, age_s=age, policy=retry,
+                                 delay_s=NO_SNAPSHOT_DELAY_S, reason="no policy snapshot yet")
+    elif up is None or view is None:
+        what = "upstream" if up is None else "policy"
+        decision = classify.hold(rcpts, age_s=age, policy=retry, delay_s=UNKNOWN_DELAY_S,
+                                 reason=f"{what} not in the snapshot")
+    else:
+        decision = await _attempt(ctx, item, rcpts, up, view, retry)
+    await settling.settle(ctx.stores, item, decision, _now())
+
+
+async def _attempt(
+    ctx: Context, item: settling.Mail, rcpts: list[str], up: snapshot.UpstreamView,
+    view: snapshot.PolicyView, retry: snapshot.RetryPolicy,
+) -> classify.Decision:
+    env = item.envelope
+    creds: snapshot.Credentials | None = None
+    if view.credentials:
+        creds = await ctx.keyring.get(view.credentials)
+        if creds is None:
+            return classify.hold(rcpts, age_s=backoff.age_s(env.received_at, _now()),
+                                 policy=retry, delay_s=UNKNOWN_DELAY_S,
+                                 reason="login not in the credentials bucket")
+    ca: snapshot.TrustedCA | None = None
+    if up.tls_ca:
+        ca = await ctx.keyring.ca(up.tls_ca)
+        if ca is None:
+            return classify.hold(rcpts, age_s=backoff.age_s(env.received_at, _now()),
+                                 policy=retry, delay_s=UNKNOWN_DELAY_S,
+                                 reason="the upstream's tlsCA is not in the credentials bucket")
+    data = await recording.body(ctx.stores, env)
+    if data is None:
+        missing = outcome_mod.Outcome(failure="body", reply="the body object is missing")
+        return classify.classify(missing, rcpts, attempt=0, policy=retry,
+                                 age_s=backoff.age_s(env.received_at, _now()))
+    attempt = item.record.attempts + 1
+    structlog.contextvars.bind_contextvars(attempt=attempt)
+    await settling.attempted(ctx.stores.conn, item, attempt, len(rcpts), _now())
+    result = await ctx.pool.deliver(up, creds, env.mail_from, rcpts, data, ca=ca)
+    return classify.classify(result, rcpts, attempt=attempt, policy=retry,
+                             age_s=backoff.age_s(env.received_at, _now()))
