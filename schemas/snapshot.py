@@ -26,12 +26,6 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_delay_s: float = 4020.0
     max_age_s: float = 5 * 86400.0
 
-    def policy(self) -> RetryPolicy:
-        """Itself. Transitional: call sites written for the former settings section
-        (``cfg.dispatcher.retry.policy()``) keep working until they read
-        ``cfg.dispatcher.retry`` directly."""
-        return self
-
 
 class RetryOverride(msgspec.Struct, frozen=True, kw_only=True):
     """A policy's ``spec.retry``: each field set overrides the dispatcher's global one."""
