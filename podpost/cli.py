@@ -293,7 +293,8 @@ def _password_option(role: str) -> Any:
 @app.command("nats-config")
 def nats_config(
     fmt: Annotated[str, typer.Option(
-        "--format", help="conf (nats-server), helm-values (NATS chart) or secret.")] = "conf",
+        "--format", help="conf (nats-server), helm-values (NATS chart), chart-values "
+        "(podpost's chart) or secret.")] = "conf",
     prefix: Annotated[str | None, typer.Option(help="Bus prefix; PODPOST_NATS__PREFIX.")] = None,
     secret_name: Annotated[str, typer.Option(help="Secret holding the passwords.")
                            ] = "podpost-nats-users",
@@ -306,8 +307,6 @@ def nats_config(
     """Print the per-role NATS users and their subject permissions.
 
     ``secret`` makes a random password for every role not given one."""
-    import secrets
-
     from podpost import natsconfig
     from schemas import names
 
@@ -316,7 +315,7 @@ def nats_config(
     passwords = {role: value for role, value in given.items() if value}
     if fmt == "secret":
         for role in natsconfig.ROLES:
-            passwords.setdefault(role, secrets.token_urlsafe(24))
+            passwords.setdefault(role, natsconfig.new_password())
     try:
         bus = names.Bus(prefix=prefix or load_settings().nats.prefix)
         text = natsconfig.render(bus, fmt, passwords, secret_name=secret_name,

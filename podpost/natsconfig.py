@@ -17,12 +17,23 @@ back on a per-role inbox prefix (`inbox_prefix`), and each role may only subscri
 own: with the shared ``_INBOX.>`` a role could read the replies to another role's
 requests, credentials included.
 
+Passwords reach nats-server through its environment (``password: $NATS_PASSWORD_<ROLE>``),
+and nats-server parses a variable's value *as config*, not as text: a value starting with
+``-``, or shaped like a number or a date (``12-...``, ``2020-01-01x``), or ``true``, fails
+the whole config or becomes something other than the string the roles send. Quoting does
+not help (``"$VAR"`` is the literal text ``$VAR``). So generated passwords are letters and
+digits starting with a letter (`new_password`), the one shape that always reads back as the
+same string, and `render` refuses a given password of any other shape for the Secret.
+
 Pure: this module builds data and text; `podpost nats-config` prints it.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
+import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -36,6 +47,26 @@ ROLES = ("ingress", "dispatcher", "reconciler", "admin")
 
 API = "$JS.API"
 
+PASSWORD_LENGTH = 32
+"""Characters of a generated password: 32 of 62 symbols, about 190 bits."""
+
+_FIRST = string.ascii_letters
+_REST = string.ascii_letters + string.digits
+_ENV_SAFE = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+_BOOLEANS = frozenset({"true", "false", "yes", "no", "on", "off"})
+"""Words nats-server reads as booleans, in any case."""
+
+
+def new_password(length: int = PASSWORD_LENGTH) -> str:
+    """A random password that nats-server reads back unchanged from its environment: a
+    letter, then letters and digits (see the module docstring)."""
+    return secrets.choice(_FIRST) + "".join(secrets.choice(_REST) for _ in range(length - 1))
+
+
+def env_safe(password: str) -> bool:
+    """Whether nats-server, reading ``password`` from an environment variable, gets
+    exactly this string (never a number, a date, a boolean or a parse error)."""
+    return _ENV_SAFE.fullmatch(password) is not None and password.lower() not in _BOOLEANS
 
 
 class Permissions(msgspec.Struct, frozen=True, kw_only=True):
@@ -275,7 +306,14 @@ def secret_manifest(bus: names.Bus, secret_name: str, namespace: str | None,
             "stringData": data}
 
 
-FORMATS = ("conf", "helm-values", "secret")
+def chart_values(bus: names.Bus, secret_name: str) -> dict[str, Any]:
+    """A values file for podpost's own chart: the prefix, the Secret's name and the NATS
+    subchart's users and password variables, consistent by construction."""
+    return {"bus": {"prefix": bus.prefix}, "natsAuth": {"secretName": secret_name},
+            "nats": helm_values(bus, secret_name)}
+
+
+FORMATS = ("conf", "helm-values", "chart-values", "secret")
 
 
 def render(bus: names.Bus, fmt: str, passwords: Mapping[str, str], *,
@@ -285,15 +323,25 @@ def render(bus: names.Bus, fmt: str, passwords: Mapping[str, str], *,
     - ``conf``: the nats-server block; a role without a given password reads it from
       ``$NATS_PASSWORD_<ROLE>`` in the server's environment.
     - ``helm-values``: the values for the NATS chart (see `helm_values`).
-    - ``secret``: the v1 Secret both charts read; every role needs a password."""
+    - ``chart-values``: the same under ``nats:``, with ``bus.prefix`` and
+      ``natsAuth.secretName``: a values file for podpost's chart (`chart_values`).
+    - ``secret``: the v1 Secret both charts read; every role needs a password, of the
+      shape nats-server reads back from its environment (`env_safe`)."""
     if fmt == "conf":
         return server_config(bus, {r: Literal(p) for r, p in passwords.items()})
     if fmt == "helm-values":
         return yaml.safe_dump(helm_values(bus, secret_name), sort_keys=False, width=200)
+    if fmt == "chart-values":
+        return yaml.safe_dump(chart_values(bus, secret_name), sort_keys=False, width=200)
     if fmt == "secret":
         missing = [r for r in ROLES if not passwords.get(r)]
         if missing:
             raise ValueError(f"no password for {', '.join(missing)}")
+        unsafe = [r for r in ROLES if not env_safe(passwords[r])]
+        if unsafe:
+            raise ValueError(
+                f"the {', '.join(unsafe)} password would not read back from nats-server's "
+                "environment: use letters and digits, starting with a letter")
         return yaml.safe_dump(secret_manifest(bus, secret_name, namespace, passwords),
                               sort_keys=False)
     raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
