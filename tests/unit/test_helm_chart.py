@@ -1,5 +1,6 @@
-"""The Helm chart, rendered offline by `tests.support.helmrender` (no helm binary here) and
-every object validated with kubernetes-validate; plus the facts that matter for safety:
+"""The Helm chart, rendered twice: by the offline interpreter in `tests.support.helmrender`
+and by Helm's own engine (helm-python-sdk), and every object validated with
+kubernetes-validate; plus the facts that matter for safety:
 non-root read-only pods, the reconciler's RBAC equal to deploy/rbac, NATS users equal to
 the generator, settings that podpost accepts."""
 
@@ -41,13 +42,16 @@ CUSTOM = {("keda.sh/v1alpha1", "ScaledObject")}
 """Kinds of CRDs other than Kubernetes' own: checked by hand below."""
 
 
-@pytest.fixture(scope="module")
-def chart() -> helmrender.Chart:
+@pytest.fixture(scope="module", params=["interpreter", "helm"])
+def chart(request: pytest.FixtureRequest) -> helmrender.Chart | helmrender.Real:
+    """podpost's own templates (not the NATS subchart's), by either renderer."""
+    if request.param == "helm":
+        return helmrender.real(CHART, subcharts=False)
     return helmrender.Chart(CHART)
 
 
 @pytest.fixture(scope="module")
-def rendered(chart: helmrender.Chart) -> dict[str, list[dict[str, Any]]]:
+def rendered(chart: helmrender.Chart | helmrender.Real) -> dict[str, list[dict[str, Any]]]:
     return {name: chart.documents(values, release="podpost", namespace="podpost")
             for name, values in VARIANTS.items()}
 
@@ -95,7 +99,7 @@ def test_the_default_install_has_every_piece_of_the_issue(
         ("PodDisruptionBudget", "podpost-ingress"),
         ("PodDisruptionBudget", "podpost-reconciler"),
         ("Role", "podpost-reconciler-lease"), ("RoleBinding", "podpost-reconciler-lease"),
-        ("Service", "podpost"),
+        ("Service", "podpost"), ("Service", "podpost-metrics"),
         ("ServiceAccount", "podpost-dispatcher"), ("ServiceAccount", "podpost-ingress"),
         ("ServiceAccount", "podpost-reconciler"),
     ])
@@ -150,7 +154,7 @@ EXTRA_VOLUMES = {
 
 
 def test_extra_volumes_bring_a_ca_bundle_into_the_read_only_pods(
-    chart: helmrender.Chart,
+    chart: helmrender.Chart | helmrender.Real,
 ) -> None:
     """`<role>.extraVolumes`/`extraVolumeMounts` add a volume (a ConfigMap with a CA
     bundle) beside /tmp in each pod, and the dispatcher's TLS_CA_FILE setting loads."""
@@ -283,7 +287,9 @@ def test_keda_scales_dispatchers_on_the_mail_consumers_lag(
         jet["metadata"]["consumer"])
 
 
-def test_a_keda_consumer_without_a_name_is_refused(chart: helmrender.Chart) -> None:
+def test_a_keda_consumer_without_a_name_is_refused(
+    chart: helmrender.Chart | helmrender.Real,
+) -> None:
     """`required` fails the render, as helm would."""
     values = {"dispatcher": {"autoscaling": {"keda": {"enabled": True,
                                                       "consumers": [{"lagThreshold": 5}]}}}}
@@ -306,7 +312,7 @@ def test_network_policies_isolate_every_role_and_nats(
         in_ports = {p["port"] for rule in spec["ingress"] for p in rule["ports"]}
         assert in_ports == ({2525, 8080} if role == "ingress" else {8080})
         out_ports = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
-        extra = {"dispatcher": {25, 465, 587, 2525}, "reconciler": {443, 6443},
+        extra = {"dispatcher": {25, 465, 587, 1025, 2525}, "reconciler": {443, 6443},
                  "ingress": set()}[role]
         assert out_ports == {53, 4222} | extra
     nats_rules = policies["podpost-nats"]["ingress"]

@@ -111,3 +111,40 @@ def test_nats_config_command_prints_each_format() -> None:
     assert [u["user"] for u in users] == [f"mail-a-{r}" for r in natsconfig.ROLES]
     assert users[0]["password"] == "<< $NATS_PASSWORD_INGRESS >>"
     assert runner.invoke(cli.app, ["nats-config", "--format", "xml"]).exit_code == 2
+
+
+@pytest.mark.parametrize(("password", "safe"), [
+    ("Abc123", True), ("x", True), ("-abc", False), ("12-3abc", False), ("7e5", False),
+    ("2020-01-01x", False), ("true", False), ("OFF", False), ("yes", False),
+    ("a-b", False), ("a b", False), ("", False),
+])
+def test_env_safe_accepts_only_what_nats_reads_back_from_its_environment(
+    password: str, safe: bool,
+) -> None:
+    """A letter, then letters and digits, and not a boolean word: nothing nats-server
+    would read as a number, a date, a boolean or a parse error."""
+    assert natsconfig.env_safe(password) is safe
+
+
+def test_generated_passwords_are_long_and_env_safe() -> None:
+    """Every generated password is 32 characters of that shape, and they differ."""
+    made = [natsconfig.new_password() for _ in range(2000)]
+    assert all(len(p) == 32 and natsconfig.env_safe(p) for p in made)
+    assert len(set(made)) == len(made)
+
+
+def test_chart_values_are_consistent_by_construction() -> None:
+    """`--format chart-values` sets the prefix and Secret name beside the NATS users and
+    password variables made for them."""
+    runner = CliRunner()
+    out = runner.invoke(cli.app, ["nats-config", "--format", "chart-values", "--prefix",
+                                  "mail-a", "--secret-name", "relay-nats"])
+    assert out.exit_code == 0, out.output
+    values = yaml.safe_load(out.output)
+    assert values["bus"] == {"prefix": "mail-a"}
+    assert values["natsAuth"] == {"secretName": "relay-nats"}
+    users = values["nats"]["config"]["merge"]["authorization"]["users"]
+    assert [u["user"] for u in users] == [f"mail-a-{r}" for r in natsconfig.ROLES]
+    refs = {v["valueFrom"]["secretKeyRef"]["name"] for v in values["nats"]["container"]["env"]
+            .values()}
+    assert refs == {"relay-nats"}

@@ -20,8 +20,36 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end -}}
 
+{{/* The NATS subchart's names, by its own rules (its _helpers.tpl "nats.fullname" and
+"defaultValues"): fullnameOverride; else the release name when it contains the chart's
+name (a release "nats-relay" gets Service "nats-relay"); else <release>-<name>. */}}
+{{- define "podpost.natsName" -}}
+{{- default "nats" .Values.nats.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "podpost.natsFullname" -}}
+{{- if .Values.nats.fullnameOverride -}}
+{{- .Values.nats.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default "nats" .Values.nats.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "podpost.natsService" -}}
+{{- dig "service" "name" "" .Values.nats | default (include "podpost.natsFullname" .) -}}
+{{- end -}}
+
+{{- define "podpost.natsHeadlessService" -}}
+{{- dig "headlessService" "name" "" .Values.nats | default (printf "%s-headless" (include "podpost.natsFullname" .)) -}}
+{{- end -}}
+
 {{- define "podpost.natsUrl" -}}
-{{ default (printf "nats://%s-nats:4222" .Release.Name) .Values.bus.url }}
+{{ default (printf "nats://%s:4222" (include "podpost.natsService" .)) .Values.bus.url }}
 {{- end -}}
 
 {{/* Environment every role shares: the bus, health endpoints, logs. */}}
@@ -74,22 +102,26 @@ prometheus.io/path: /metrics
 {{- end -}}
 
 {{- define "podpost.natsSelectorLabels" -}}
-app.kubernetes.io/name: nats
+app.kubernetes.io/name: {{ include "podpost.natsName" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The NATS users' names, each between spaces, for the checks in validate.yaml. */}}
+{{- define "podpost.natsUserNames" -}}
+{{ range .Values.nats.config.merge.authorization.users }} {{ .user }} {{ end }}
 {{- end -}}
 
 {{/* Egress every role needs: DNS, and the NATS client port. */}}
 {{- define "podpost.egressBus" -}}
 - to:
-    - namespaceSelector: {}
-      podSelector:
-        matchLabels:
-          k8s-app: kube-dns
+    {{- required "networkPolicy.dns.to: where the cluster DNS is (NetworkPolicy peers)" .Values.networkPolicy.dns.to | toYaml | nindent 4 }}
   ports:
-    - port: 53
+    {{- range .Values.networkPolicy.dns.ports }}
+    - port: {{ . }}
       protocol: UDP
-    - port: 53
+    - port: {{ . }}
       protocol: TCP
+    {{- end }}
 - to:
     {{- if .Values.nats.enabled }}
     - podSelector:
