@@ -1,97 +1,57 @@
-"""Read what the operator commands show: dead letters, caught mail, a mail's events, bodies
-and the counts behind ``podpost status``.
+"""Read what the operator commands show: dead letters, caught mail, a mail's events and
+the counts behind ``podpost status``.
 
-Streams are read with `runtime.scanning` (a scan that never disturbs the durable
-consumers, bounded in count and time); single messages by sequence. The MAIL stream is a
-work queue, which refuses a second consumer on the same subjects: it is only ever walked
-by sequence, with a budget. What it reads is folded into rows by `admin.rules`.
+Dead letters, caught mail and their bodies are read by `runtime.mailstore` (the web
+console reads them too); other streams with `runtime.scanning`, a scan that never disturbs
+the durable consumers, bounded in count and time. What is read is folded into rows by
+`admin.rules`. Bodies: `mailstore.body`; replay and purge: `runtime.requeueing`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from datetime import datetime
 
 import msgspec
-import nats.js.errors
 
 from admin.rules import caughtmail, deadletters, identifiers, statusreport, timeline
-from runtime import bus, scanning
+from runtime import bus, mailstore, scanning
 from schemas import events, mail, names, rates
 from schemas import snapshot as snapshot_mod
-
-CLOCK_SKEW_S = 300.0
-"""``--since`` asks the server for messages stored after the cutoff minus this margin,
-then filters on the dead letter's own time."""
-MAIL_WALK_BUDGET = 20_000
-"""Queued messages checked for a body reference before purge gives up and keeps it."""
-
 
 # --- dead letters and caught mail ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Dead:
+class Dead(mailstore.Kept[mail.DeadLetter]):
+    """A dead letter with its ``dlq list`` row; `runtime.requeueing` replays and purges it."""
+
     item: deadletters.DeadItem
-    letter: mail.DeadLetter
+
+    @property
+    def letter(self) -> mail.DeadLetter:
+        return self.value
 
 
-T = TypeVar("T")
-M = TypeVar("M")
-
-
-@dataclass(frozen=True)
-class Read(Generic[T]):
-    """What a read found, and how many messages could not be decoded."""
-
-    found: list[T]
-    unreadable: int = 0
-    last_seq: int = 0
-
-
-def _decode(stored: Sequence[scanning.Stored], decoder: msgspec.json.Decoder[M],
-            make: Callable[[scanning.Stored, M], T]) -> Read[T]:
-    """Decode each stored message and make its row; count what does not decode."""
-    found: list[T] = []
-    bad = 0
-    for msg in stored:
-        try:
-            value = decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            bad += 1
-            continue
-        found.append(make(msg, value))
-    return Read(found, bad, max((msg.seq for msg in stored), default=0))
-
-
-def _decode_dead(stored: Sequence[scanning.Stored]) -> Read[Dead]:
-    return _decode(stored, mail.dead_letter_decoder,
-                   lambda msg, letter: Dead(deadletters.dead_item(msg.seq, letter), letter))
+def _dead(kept: mailstore.Kept[mail.DeadLetter]) -> Dead:
+    return Dead(kept.seq, kept.value, deadletters.dead_item(kept.seq, kept.value))
 
 
 async def dead_letters(
     conn: bus.Conn, *, upstream: str | None = None, since: datetime | None = None,
     start_seq: int | None = None,
-) -> Read[Dead]:
-    """Dead letters, for one upstream (its subject) or all; ``since`` only narrows what the
-    server sends (by storage time, with a margin): filter on ``dead_at`` afterwards."""
-    start = None if since is None else since - timedelta(seconds=CLOCK_SKEW_S)
-    stored = await scanning.scan(conn, conn.names.dead_stream, conn.names.dead_filter(upstream),
-                        start_time=start, start_seq=start_seq)
-    return _decode_dead(stored)
+) -> mailstore.Read[Dead]:
+    """Dead letters, for one upstream or all (`mailstore.dead_letters`), with their rows."""
+    read = await mailstore.dead_letters(conn, upstream=upstream, since=since,
+                                        start_seq=start_seq)
+    return mailstore.Read([_dead(kept) for kept in read.found], read.unreadable, read.last_seq)
 
 
 async def dead_letter(conn: bus.Conn, seq: int) -> Dead | None:
     """One dead letter by DEAD sequence; None when it is not there (or not a dead letter)."""
-    stored = await scanning.get(conn, conn.names.dead_stream, seq)
-    if stored is None:
-        return None
-    read = _decode_dead([stored])
-    return read.found[0] if read.found else None
+    kept = await mailstore.dead_letter(conn, seq)
+    return None if kept is None else _dead(kept)
 
 
 async def find_dead(conn: bus.Conn, ids: identifiers.Ids) -> tuple[list[Dead], list[str]]:
@@ -112,16 +72,16 @@ class CaughtMail:
     caught: mail.Caught
 
 
-async def caught(conn: bus.Conn, *, with_subjects: bool = True) -> Read[CaughtMail]:
+async def caught(conn: bus.Conn, *, with_subjects: bool = True) -> mailstore.Read[CaughtMail]:
     """Every mail the catcher kept (the Subject is read from inline bodies only)."""
-    stored = await scanning.scan(conn, conn.names.caught_stream, conn.names.caught_filter())
+    read = await mailstore.caught(conn)
 
-    def make(msg: scanning.Stored, kept: mail.Caught) -> CaughtMail:
-        body = kept.envelope.body
+    def make(kept: mailstore.Kept[mail.Caught]) -> CaughtMail:
+        body = kept.value.envelope.body
         subject = caughtmail.subject_of(body) if with_subjects and body is not None else ""
-        return CaughtMail(caughtmail.caught_item(msg.seq, kept, subject), kept)
+        return CaughtMail(caughtmail.caught_item(kept.seq, kept.value, subject), kept.value)
 
-    return _decode(stored, mail.caught_decoder, make)
+    return mailstore.Read([make(kept) for kept in read.found], read.unreadable, read.last_seq)
 
 
 async def find_caught(conn: bus.Conn, ids: identifiers.Ids) -> tuple[list[CaughtMail], list[str]]:
@@ -129,22 +89,6 @@ async def find_caught(conn: bus.Conn, ids: identifiers.Ids) -> tuple[list[Caught
     by_seq = {kept.item.seq: kept for kept in every}
     items, unknown = identifiers.pick([kept.item for kept in every], ids)
     return [by_seq[item.seq] for item in items], unknown
-
-
-class BodyMissing(Exception):
-    """The envelope refers to a body object that is gone."""
-
-
-async def body(conn: bus.Conn, env: mail.Envelope) -> bytes:
-    """The whole stored message of an envelope: inline, or from the object store."""
-    if env.body is not None:
-        return env.body
-    if env.body_ref is None:
-        raise BodyMissing(f"mail {env.id} has no body")
-    data = await bus.read_body(await bus.bodies(conn), env, conn.deadlines.body_s)
-    if data is None:  # never stored, or deleted
-        raise BodyMissing(f"body object {env.body_ref.name!r} of mail {env.id} is gone")
-    return data
 
 
 # --- trace ----------------------------------------------------------------------------------
@@ -192,12 +136,6 @@ async def dead_letter_fates(conn: bus.Conn) -> list[events.Replayed | events.Pur
 
 
 # --- status ---------------------------------------------------------------------------------
-
-
-async def _subject_counts(conn: bus.Conn, stream: str, subject: str) -> dict[str, int]:
-    async with asyncio.timeout(conn.deadlines.api_s):
-        info = await conn.js.stream_info(stream, subjects_filter=subject)
-    return dict(info.state.subjects or {})
 
 
 async def _consumer_loads(conn: bus.Conn) -> list[statusreport.ConsumerLoad]:
@@ -251,8 +189,8 @@ async def policy_snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot |
 
 async def status(conn: bus.Conn, now: datetime) -> statusreport.StatusReport:
     bus_names = conn.names
-    queued = await _subject_counts(conn, bus_names.mail_stream, bus_names.mail_filter())
-    dead = await _subject_counts(conn, bus_names.dead_stream, bus_names.dead_filter())
+    queued = await mailstore.subject_counts(conn, bus_names.mail_stream, bus_names.mail_filter())
+    dead = await mailstore.subject_counts(conn, bus_names.dead_stream, bus_names.dead_filter())
     consumers = await _consumer_loads(conn)
     records, bad = await _attempt_records(conn)
     snap, revision = await policy_snapshot(conn)
@@ -261,34 +199,3 @@ async def status(conn: bus.Conn, now: datetime) -> statusreport.StatusReport:
                                         attempts=records, dead=dead, snap=snap, revision=revision,
                                         rate_used=used)
     return msgspec.structs.replace(report, unreadable_attempts=bad)
-
-
-async def queued_body_refs(conn: bus.Conn, budget: int = MAIL_WALK_BUDGET) -> set[str] | None:
-    """Body objects referred to by mail waiting in the MAIL stream; None when the stream
-    holds more than ``budget`` messages (the caller must then assume every body is used)."""
-    stream = conn.names.mail_stream
-    async with asyncio.timeout(conn.deadlines.api_s):
-        info = await conn.js.stream_info(stream)
-    if info.state.messages == 0:
-        return set()
-    if info.state.messages > budget:
-        return None
-    refs: set[str] = set()
-    seq = info.state.first_seq
-    for _ in range(info.state.messages):
-        try:
-            async with asyncio.timeout(conn.deadlines.api_s):
-                raw = await conn.js.get_msg(stream, seq=seq, subject=conn.names.mail_filter(),
-                                            next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        if raw.seq is None:
-            break
-        try:
-            env = mail.envelope_decoder.decode(raw.data or b"")
-        except msgspec.DecodeError:
-            env = None
-        if env is not None and env.body_ref is not None:
-            refs.add(env.body_ref.name)
-        seq = raw.seq + 1
-    return refs

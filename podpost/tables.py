@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from admin.rules import caughtmail, deadletters, statusreport
+from runtime import requeueing
 from schemas import durations, events, mail
 
 NONE = "-"
@@ -227,7 +228,7 @@ def status(report: statusreport.StatusReport) -> Table:
     return table
 
 
-def replays(rows: Sequence[deadletters.Replay], *, dry_run: bool) -> Table:
+def replays(rows: Sequence[requeueing.Replay], *, dry_run: bool) -> Table:
     verb = "would replay" if dry_run else "replayed"
     table = Table(title=f"{verb} {len(rows)} dead letter{'' if len(rows) == 1 else 's'}",
                   title_justify="left")
@@ -241,7 +242,7 @@ def replays(rows: Sequence[deadletters.Replay], *, dry_run: bool) -> Table:
     return table
 
 
-def purges(rows: Sequence[deadletters.Purge], *, dry_run: bool) -> Table:
+def purges(rows: Sequence[requeueing.Purge], *, dry_run: bool) -> Table:
     verb = "would purge" if dry_run else "purged"
     table = Table(title=f"{verb} {len(rows)} dead letter{'' if len(rows) == 1 else 's'}",
                   title_justify="left")

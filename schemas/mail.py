@@ -11,6 +11,8 @@ from datetime import datetime
 
 import msgspec
 
+from schemas import names
+
 
 class BodyRef(msgspec.Struct, frozen=True, kw_only=True):
     """A body too big to travel inline, kept in the BODIES object store under ``name``."""
@@ -39,13 +41,39 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     body_ref: BodyRef | None = None
     replay_of: int | None = None
     """DEAD stream sequence this mail was replayed from, if it was."""
+    released_from: int | None = None
+    """CAUGHT stream sequence this mail was released from (the web console's release of a
+    caught mail to an upstream), if it was."""
 
 
 def attempts_key(envelope: Envelope) -> str:
-    """ATTEMPTS bucket key: a replayed mail starts a fresh count."""
-    if envelope.replay_of is None:
-        return envelope.id
-    return f"{envelope.id}.r{envelope.replay_of}"
+    """ATTEMPTS bucket key: a replayed mail, and a caught mail released to an upstream,
+    start a fresh count of their own."""
+    key = envelope.id
+    if envelope.released_from is not None:
+        key += f".c{envelope.released_from}.{names.key_ident(envelope.upstream)}"
+    if envelope.replay_of is not None:
+        key += f".r{envelope.replay_of}"
+    return key
+
+
+def replay_msg_id(mail_id: str, dead_seq: int) -> str:
+    """``Nats-Msg-Id`` of a dead letter's replay: replaying one dead letter twice (within
+    the MAIL stream's duplicate window) queues it once."""
+    return f"{mail_id}.replay.{dead_seq}"
+
+
+def replay_envelope(envelope: Envelope, dead_seq: int, to_upstream: str | None) -> Envelope:
+    """The envelope of a dead letter to queue again: marked as a replay of ``dead_seq`` (so
+    it gets a fresh attempt count), maybe re-routed to ``to_upstream``."""
+    return msgspec.structs.replace(envelope, replay_of=dead_seq,
+                                   upstream=to_upstream or envelope.upstream)
+
+
+def release_msg_id(mail_id: str, caught_seq: int, upstream: str) -> str:
+    """``Nats-Msg-Id`` of a caught mail released to ``upstream``: releasing it twice to one
+    upstream (within the duplicate window) queues it once; to another upstream, again."""
+    return f"{mail_id}.release.{caught_seq}.{names.key_ident(upstream)}"
 
 
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -163,8 +163,11 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
     def caught_subject(self, policy: str) -> str:
         return f"{self.prefix}.mail.caught.{key_token(policy)}"
 
-    def caught_filter(self) -> str:
-        return f"{self.prefix}.mail.caught.>"
+    def caught_filter(self, namespace: str | None = None) -> str:
+        """Caught mail of every policy, or of the policies of one namespace."""
+        if namespace is None:
+            return f"{self.prefix}.mail.caught.>"
+        return f"{self.prefix}.mail.caught.{namespace}.*"
 
     def consumer_name(self, upstream: str, policy: str) -> str:
         """The durable consumer for one (upstream, policy) pair, shared by all dispatchers."""

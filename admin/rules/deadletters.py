@@ -1,5 +1,6 @@
-"""Dead letters as the operator commands report them, as data: the rows of ``dlq list``,
-which of them a filter keeps, and the outcomes of ``dlq replay`` and ``dlq purge``.
+"""Dead letters as the operator commands report them, as data: the rows of ``dlq list`` and
+which of them a filter keeps. The outcomes of ``dlq replay`` and ``dlq purge`` are
+`runtime.requeueing`'s rows (the web console replays and purges too).
 
 The commands print these Structs as tables (`podpost.tables`) or encode the very same
 Structs with ``--json``, so people and scripts see one truth. Pure: no I/O, no clock.
@@ -74,54 +75,3 @@ def keep(item: DeadItem, where: Filter) -> bool:
 
 def select(items: Iterable[DeadItem], where: Filter) -> list[DeadItem]:
     return [item for item in items if keep(item, where)]
-
-
-# --- replay and purge outcomes -----------------------------------------------------------
-
-
-class Replay(msgspec.Struct, frozen=True, kw_only=True):
-    """One dead letter sent back to the MAIL stream (or, with ``--dry-run``, that would be)."""
-
-    seq: int
-    mail_id: str
-    policy: str
-    from_upstream: str
-    to_upstream: str
-    subject: str
-    msg_id: str
-    rcpt_to: list[str]
-    outcome: str = "planned"
-    """``planned`` (dry run), ``queued``, ``already-queued`` (the MAIL stream's duplicate
-    window dropped it: an earlier replay of this dead letter was stored) or
-    ``body-missing`` (its body object is gone: nothing was queued, the dead letter stays)."""
-    mail_seq: int | None = None
-
-
-def replay_msg_id(mail_id: str, seq: int) -> str:
-    """``Nats-Msg-Id`` of a replay: replaying one dead letter twice queues it once."""
-    return f"{mail_id}.replay.{seq}"
-
-
-def replay_envelope(item_envelope: mail.Envelope, seq: int, to_upstream: str | None
-                    ) -> mail.Envelope:
-    """The envelope to queue again: marked as a replay of ``seq``, maybe re-routed."""
-    upstream = to_upstream or item_envelope.upstream
-    return msgspec.structs.replace(item_envelope, replay_of=seq, upstream=upstream)
-
-
-class Purge(msgspec.Struct, frozen=True, kw_only=True):
-    seq: int
-    mail_id: str
-    outcome: str = "planned"
-    """``planned`` (dry run) or ``purged``."""
-    body: str = "none"
-    """What happened to its body object: ``none`` (inline), ``planned`` (dry run),
-    ``deleted``, ``kept``
-    (another dead letter or a queued mail still needs it), ``unchecked`` (the MAIL stream
-    was too large to check, so it is kept; the bucket's TTL collects it) or ``missing``."""
-
-
-def orphaned(candidates: Iterable[str], still_used: Iterable[str]) -> list[str]:
-    """Body objects nothing refers to any more, in a stable order."""
-    used = set(still_used)
-    return sorted({name for name in candidates if name not in used})

@@ -12,7 +12,7 @@ from admin import inspecting
 from admin.rules import caughtmail
 from podpost import tables
 from podpost.commands import running
-from runtime import bus
+from runtime import bus, mailstore
 from runtime import settings as settings_mod
 
 
@@ -62,6 +62,6 @@ def show(cfg: settings_mod.Settings, mail: str, *, raw: bool, as_json: bool) -> 
 
 async def _body(conn: bus.Conn, kept: inspecting.CaughtMail) -> bytes:
     try:
-        return await inspecting.body(conn, kept.caught.envelope)
-    except inspecting.BodyMissing as exc:
+        return await mailstore.body(conn, kept.caught.envelope)
+    except mailstore.BodyMissing as exc:
         raise running.Failure(str(exc)) from None

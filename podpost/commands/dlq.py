@@ -4,8 +4,7 @@ An ID is a DEAD stream sequence (the ``id`` column: one dead letter) or a mail i
 dead letter of that mail). ``replay`` and ``purge`` check every ID before they act: an ID
 that names nothing stops the command before anything is done, unless the events say the
 dead letter was already replayed (or purged), which is only noted, so running the same
-command twice is safe. What they do, step by step, is told in `admin.replaying` and
-`admin.purging`.
+command twice is safe. What they do, step by step, is told in `runtime.requeueing`.
 """
 
 from __future__ import annotations
@@ -16,11 +15,11 @@ from datetime import datetime
 
 import msgspec
 
-from admin import inspecting, purging, replaying
+from admin import inspecting
 from admin.rules import deadletters, identifiers
 from podpost import tables
 from podpost.commands import running
-from runtime import bus
+from runtime import bus, mailstore, requeueing
 from runtime import settings as settings_mod
 from schemas import events, mail, names
 
@@ -102,13 +101,13 @@ def replay(
                 running.note("nothing to replay")
                 return 0
             with running.progress(len(chosen), "replaying") as advance:
-                rows = await replaying.replay(conn, chosen, to_upstream=target,
+                rows = await requeueing.replay(conn, chosen, to_upstream=target,
                                               dry_run=dry_run, now=now, advance=advance)
         if as_json:
             running.emit_json(rows)
         else:
             running.show(tables.replays(rows, dry_run=dry_run))
-        missing = [str(row.seq) for row in rows if row.outcome == replaying.BODY_MISSING]
+        missing = [str(row.seq) for row in rows if row.outcome == requeueing.BODY_MISSING]
         if missing:
             running.note(f"error: dead letter(s) {', '.join(missing)} kept: the body is "
                          "gone, so there is nothing to replay; purge them")
@@ -132,7 +131,7 @@ def purge(
                 running.note("nothing to purge")
                 return
             with running.progress(len(chosen), "purging") as advance:
-                rows = await purging.purge(conn, chosen, dry_run=dry_run, now=now,
+                rows = await requeueing.purge(conn, chosen, dry_run=dry_run, now=now,
                                            advance=advance)
         if as_json:
             running.emit_json(rows)
@@ -212,6 +211,6 @@ async def _check_upstream(conn: bus.Conn, upstream: str) -> None:
 
 async def _body(conn: bus.Conn, letter: mail.DeadLetter) -> bytes:
     try:
-        return await inspecting.body(conn, letter.envelope)
-    except inspecting.BodyMissing as exc:
+        return await mailstore.body(conn, letter.envelope)
+    except mailstore.BodyMissing as exc:
         raise running.Failure(str(exc)) from None

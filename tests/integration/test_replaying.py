@@ -10,9 +10,8 @@ from datetime import UTC, datetime
 import msgspec
 import nats.js.errors
 
-from admin import inspecting, purging, replaying
-from admin.rules import deadletters
-from runtime import bus
+from admin import inspecting
+from runtime import bus, requeueing
 from schemas import mail
 from tests.support import dispatching as d
 
@@ -43,10 +42,10 @@ async def test_a_dead_letter_replayed_twice_is_queued_once(conn: bus.Conn) -> No
     either removed it) is dropped by the MAIL stream's duplicate window."""
     dead = await _dead(conn, await _big(conn, "a@example.org"))
     now = datetime.now(UTC)
-    first = await replaying.replay(conn, [dead], to_upstream=None, dry_run=False, now=now)
-    second = await replaying.replay(conn, [dead], to_upstream=None, dry_run=False, now=now)
+    first = await requeueing.replay(conn, [dead], to_upstream=None, dry_run=False, now=now)
+    second = await requeueing.replay(conn, [dead], to_upstream=None, dry_run=False, now=now)
     assert [row.outcome for row in first + second] == ["queued", "already-queued"]
-    assert first[0].msg_id == deadletters.replay_msg_id(dead.item.mail_id, dead.item.seq)
+    assert first[0].msg_id == mail.replay_msg_id(dead.item.mail_id, dead.item.seq)
     [(subject, queued)] = await _mail(conn)
     assert subject == conn.names.mail_subject(UP, POLICY)
     assert queued.replay_of == dead.item.seq
@@ -66,10 +65,10 @@ async def test_a_shared_body_outlives_the_replay_of_one_of_its_dead_letters(
     one = await _dead(conn, env)
     other = await _dead(conn, msgspec.structs.replace(env, rcpt_to=["b@example.org"]))
     now = datetime.now(UTC)
-    await replaying.replay(conn, [one], to_upstream=None, dry_run=False, now=now)
+    await requeueing.replay(conn, [one], to_upstream=None, dry_run=False, now=now)
     store = await bus.bodies(conn)
     assert (await store.get(env.id)).data == BIG
-    await replaying.replay(conn, [other], to_upstream=None, dry_run=False, now=now)
+    await requeueing.replay(conn, [other], to_upstream=None, dry_run=False, now=now)
     for _, queued in await _mail(conn):
         assert queued.body_ref is not None
         assert (await store.get(queued.body_ref.name)).data == BIG
@@ -86,7 +85,7 @@ async def test_a_body_used_by_queued_mail_is_kept_by_purge(conn: bus.Conn) -> No
     env = await _big(conn, "a@example.org")
     dead = await _dead(conn, env)
     await d.queue(conn, msgspec.structs.replace(env, rcpt_to=["b@example.org"]))
-    [row] = await purging.purge(conn, [dead], dry_run=False, now=datetime.now(UTC))
+    [row] = await requeueing.purge(conn, [dead], dry_run=False, now=datetime.now(UTC))
     assert (row.outcome, row.body) == ("purged", "kept")
     store = await bus.bodies(conn)
     assert (await store.get(env.id)).data == BIG

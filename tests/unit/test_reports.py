@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from admin.rules import caughtmail, deadletters, identifiers, statusreport
+from runtime import requeueing
 from schemas import mail, names, snapshot
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -100,18 +101,18 @@ def test_a_replay_is_marked_and_maybe_rerouted() -> None:
     """The replayed envelope names its dead letter and only changes the upstream when
     asked; its dedupe id is derived from the mail and the dead letter."""
     env = envelope()
-    same = deadletters.replay_envelope(env, 12, None)
-    moved = deadletters.replay_envelope(env, 12, "mail/other")
+    same = mail.replay_envelope(env, 12, None)
+    moved = mail.replay_envelope(env, 12, "mail/other")
     assert (same.replay_of, same.upstream) == (12, "mail/up")
     assert (moved.replay_of, moved.upstream, moved.policy, moved.body) == (
         12, "mail/other", "apps/web", b"hello")
     assert mail.attempts_key(same) == f"{BASE32_ID}.r12"
-    assert deadletters.replay_msg_id(BASE32_ID, 12) == f"{BASE32_ID}.replay.12"
+    assert mail.replay_msg_id(BASE32_ID, 12) == f"{BASE32_ID}.replay.12"
 
 
 def test_orphaned_bodies() -> None:
     """Only bodies nothing refers to any more are orphans, each once."""
-    assert deadletters.orphaned(["b", "a", "c", "a"], ["c"]) == ["a", "b"]
+    assert requeueing.orphaned(["b", "a", "c", "a"], ["c"]) == ["a", "b"]
 
 
 def test_status_folds_counts_per_upstream_and_policy() -> None:

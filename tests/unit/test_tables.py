@@ -11,6 +11,7 @@ from rich.console import Console, RenderableType
 
 from admin.rules import caughtmail, deadletters, statusreport
 from podpost import tables
+from runtime import requeueing
 from schemas import events, mail
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -141,12 +142,12 @@ def test_status_rows_and_caption() -> None:
 
 def test_replays_and_purges() -> None:
     """A re-routed replay shows both upstreams; dry runs say what would happen."""
-    replay = deadletters.Replay(seq=3, mail_id="m", policy="apps/web", from_upstream="mail/up",
+    replay = requeueing.Replay(seq=3, mail_id="m", policy="apps/web", from_upstream="mail/up",
                                 to_upstream="mail/other", subject="s", msg_id="m.replay.3",
                                 rcpt_to=["a@x"], outcome="queued")
     text = render(tables.replays([replay], dry_run=False))
     assert "replayed 1 dead letter" in text and "mail/up -> mail/other" in text
     assert "would replay 1" in render(tables.replays([replay], dry_run=True))
-    purge = deadletters.Purge(seq=3, mail_id="m", outcome="purged", body="kept")
+    purge = requeueing.Purge(seq=3, mail_id="m", outcome="purged", body="kept")
     text = render(tables.purges([purge, purge], dry_run=True))
     assert "would purge 2 dead letters" in text and "kept" in text
