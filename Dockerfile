@@ -16,6 +16,7 @@ COPY podpost ./podpost
 COPY schemas ./schemas
 COPY runtime ./runtime
 COPY admin ./admin
+COPY console ./console
 COPY ingress ./ingress
 COPY dispatcher ./dispatcher
 COPY reconciler ./reconciler

@@ -19,7 +19,7 @@ dev: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/lint-imports
-	$(BIN)/ruff check schemas runtime ingress dispatcher reconciler admin podpost loadkit tests bench
+	$(BIN)/ruff check schemas runtime ingress dispatcher reconciler admin console podpost loadkit tests bench
 	$(BIN)/mypy
 
 test: lint

@@ -114,6 +114,8 @@ def dev(
         Path, typer.Option(help="Where the embedded nats-server keeps its store "
                                 "(relative to the current directory).")
     ] = Path(".podpost"),
+    console_port: Annotated[int, typer.Option(
+        help="Port of the web console on 127.0.0.1; 0 turns it off.")] = 8025,
 ) -> None:
     """Everything on one machine: embedded nats-server, file policies, ingress, dispatcher."""
     from podpost import devmode
@@ -121,11 +123,29 @@ def dev(
     cfg = load_settings({
         "ingress": {"host": "127.0.0.1", "port": smtp_port},
         "reconciler": {"source": "file", "file": str(policies) if policies else None},
+        "console": {"host": "127.0.0.1", "port": console_port},
     })
     if not Path(cfg.reconciler.file).is_file():
         error(f"policy file not found: {cfg.reconciler.file}")
         raise typer.Exit(2)
-    devmode.run(cfg, nats_port=nats_port, state_dir=state_dir)
+    devmode.run(cfg, nats_port=nats_port, state_dir=state_dir, console=console_port != 0)
+
+
+@app.command()
+def console(
+    nats_url: NatsUrl = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (Mailpit's 8025 by default).")
+                    ] = None,
+) -> None:
+    """The web console: caught mail per namespace, the queue, dead letters, a REST API.
+
+    Read-only unless PODPOST_CONSOLE__TOKEN is set; actions then need that bearer token."""
+    from console import main as console_main
+    from podpost import process
+
+    cfg = load_settings({"nats": {"url": nats_url}, "console": {"host": host, "port": port}})
+    process.run(cfg, {"console": console_main.serve})
 
 
 @app.command()

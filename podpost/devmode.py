@@ -3,11 +3,17 @@
 The store lives under ``.podpost/`` in the current directory (``--state-dir`` moves it), so
 queued mail survives a restart of ``podpost dev`` from there. The policies come from the dev
 policy shipped in the package unless ``--policies`` names another file.
+
+The web console runs beside the roles on 127.0.0.1 (``--console-port``, 0 turns it off).
+Without ``PODPOST_CONSOLE__TOKEN`` a token for its actions is made up for this run and
+printed with the URL: the console only listens on loopback, and whoever runs ``podpost
+dev`` is its operator.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 
 import msgspec
@@ -21,7 +27,9 @@ from runtime import settings as settings_mod
 log = structlog.get_logger("podpost.dev")
 
 
-async def _run(cfg: settings_mod.Settings, nats_port: int, state_dir: Path) -> None:
+async def _run(cfg: settings_mod.Settings, nats_port: int, state_dir: Path, console: bool
+               ) -> None:
+    from console import main as console_main
     from dispatcher import main as dispatcher_main
     from ingress import main as ingress_main
     from reconciler import main as reconciler_main
@@ -30,20 +38,33 @@ async def _run(cfg: settings_mod.Settings, nats_port: int, state_dir: Path) -> N
         cfg = msgspec.structs.replace(
             cfg, nats=msgspec.structs.replace(cfg.nats, url=server.url)
         )
+        serves: dict[str, process.Serve] = {
+            "reconciler": reconciler_main.serve,
+            "ingress": ingress_main.serve,
+            "dispatcher": dispatcher_main.serve,
+        }
+        seen = ""
+        if console:
+            token = "from PODPOST_CONSOLE__TOKEN"
+            if not cfg.console.token:
+                made = secrets.token_urlsafe(16)
+                cfg = msgspec.structs.replace(cfg, console=msgspec.structs.replace(
+                    cfg.console, token=made))
+                token = f"[green]{made}[/green]"
+            url = console_main.url_of(cfg.console.host, cfg.console.port)
+            seen = f"\n  web console: [green]{url}[/green] (token for actions: {token})"
+            serves["console"] = console_main.serve
         Console(stderr=True).print(
             f"[bold]podpost dev[/bold]: SMTP on [cyan]{cfg.ingress.host}:{cfg.ingress.port}"
             f"[/cyan], NATS on [cyan]{server.url}[/cyan], policies from "
             f"[cyan]{cfg.reconciler.file}[/cyan]. Ctrl-C stops it.\n"
             f"  see caught mail: [green]PODPOST_NATS_URL={server.url} podpost caught list"
-            "[/green]"
+            f"[/green]{seen}"
         )
-        await process.supervise(cfg, {
-            "reconciler": reconciler_main.serve,
-            "ingress": ingress_main.serve,
-            "dispatcher": dispatcher_main.serve,
-        })
+        await process.supervise(cfg, serves)
 
 
-def run(cfg: settings_mod.Settings, *, nats_port: int, state_dir: Path) -> None:
+def run(cfg: settings_mod.Settings, *, nats_port: int, state_dir: Path, console: bool = True
+        ) -> None:
     logs.configure(cfg.log)
-    asyncio.run(_run(cfg, nats_port, state_dir))
+    asyncio.run(_run(cfg, nats_port, state_dir, console))

@@ -185,6 +185,21 @@ class HealthSettings(_Section, frozen=True, kw_only=True):
     Prometheus scrapes every 15-30 s, so 5 s is fresh enough. Only while the port is set."""
 
 
+class ConsoleSettings(_Section, frozen=True, kw_only=True):
+    """The web console (``podpost console``): caught mail, the queue and dead letters."""
+
+    host: str = "127.0.0.1"
+    """Loopback by default: the console shows mail; expose it on purpose (the Helm chart
+    sets 0.0.0.0 behind its Service)."""
+    port: int = 8025
+    """Mailpit's web port, so people who catch mail find it where they expect."""
+    token: str | None = None
+    """Bearer token that actions (release, delete, replay, purge) need; unset: the console
+    is read-only. In a cluster it comes from a Secret."""
+    max_rows: int = 1000
+    """At most this many rows per list, newest first; a search narrows them."""
+
+
 class Settings(_Section, frozen=True, kw_only=True):
     nats: NatsSettings = NatsSettings()
     ingress: IngressSettings = IngressSettings()
@@ -192,6 +207,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     reconciler: ReconcilerSettings = ReconcilerSettings()
     log: LogSettings = LogSettings()
     health: HealthSettings = HealthSettings()
+    console: ConsoleSettings = ConsoleSettings()
     grace_s: float = 10.0
     """On SIGTERM, how long to drain before cancelling what is left."""
 

@@ -1,0 +1,1 @@
+"""The web console: caught mail per namespace, the queue and dead letters, with actions."""

@@ -1,0 +1,1 @@
+"""The console's pure parts: mail parsing, search, framing headers, the token check."""
