@@ -16,7 +16,9 @@ function el(tag, text, attrs) {
 function when(iso) {
   if (!iso) return "-";
   const d = new Date(iso);
-  return isNaN(d) ? String(iso) : d.toLocaleString();
+  if (isNaN(d)) return String(iso);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
 }
 
 async function api(path, options) {
@@ -46,9 +48,9 @@ async function loadInbox() {
   body.replaceChildren();
   for (const row of data.rows) {
     const tr = el("tr", null, { "data-seq": row.seq });
-    tr.append(el("td", when(row.caught_at)), el("td", row.mail_from),
-      el("td", row.rcpt_to.join(", ")), el("td", row.subject || "(no subject)"),
-      el("td", row.namespace), el("td", row.pod));
+    tr.append(el("td", when(row.caught_at), { title: row.caught_at }),
+      el("td", row.subject || "(no subject)", { class: "subject" }), el("td", row.mail_from),
+      el("td", row.rcpt_to.join(", ")), el("td", row.pod, { title: row.namespace }));
     if (state.open === row.seq) tr.classList.add("active");
     tr.addEventListener("click", () => openMail(row.seq));
     body.append(tr);

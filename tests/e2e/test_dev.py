@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
+import httpx
+
 from tests.support import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +78,8 @@ async def _send_when_ready(port: int, subject: str) -> tuple[int, bytes]:
 
 @contextlib.asynccontextmanager
 async def _dev(state: Path | None, smtp_port: int, nats_port: int, log: Path, *,
-               cwd: Path = REPO) -> AsyncIterator[asyncio.subprocess.Process]:
+               cwd: Path = REPO, console_port: int = 0
+               ) -> AsyncIterator[asyncio.subprocess.Process]:
     """``podpost dev`` with its default policy file, run in ``cwd``, stopped with SIGINT;
     ``state`` None: no ``--state-dir`` (the default, ``.podpost/`` in ``cwd``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
@@ -85,7 +88,7 @@ async def _dev(state: Path | None, smtp_port: int, nats_port: int, log: Path, *,
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             str(cli.PODPOST), "dev", "--smtp-port", str(smtp_port), "--nats-port",
-            str(nats_port), *where, cwd=cwd, env=env,
+            str(nats_port), "--console-port", str(console_port), *where, cwd=cwd, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
     try:
         yield proc
@@ -112,11 +115,20 @@ async def _caught(nats_url: str, subject: str) -> list[dict[str, object]]:
             await asyncio.sleep(0.2)
 
 
+async def _console_lists(url: str, subject: str) -> None:
+    """The web console's API lists the caught mail (within 15 s)."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        response = await client.get("/api/caught", params={"subject": subject, "wait_s": 15})
+    assert response.status_code == 200, response.text
+    assert [row["subject"] for row in response.json()["rows"]] == [subject]
+
+
 async def test_the_readme_demo_works_and_survives_a_restart(tmp_path: Path) -> None:
-    smtp_port, nats_port = _free_port(), _free_port()
+    """The README's demo; `podpost dev` also starts the web console and prints its URL."""
+    smtp_port, nats_port, console_port = _free_port(), _free_port(), _free_port()
     state, log = tmp_path / "state", tmp_path / "dev.log"
     nats_url = f"nats://127.0.0.1:{nats_port}"
-    async with _dev(state, smtp_port, nats_port, log) as proc:
+    async with _dev(state, smtp_port, nats_port, log, console_port=console_port) as proc:
         code, text = await _send_when_ready(smtp_port, "hello podpost")
         assert code == 250 and text.startswith(b"2.0.0 queued as "), text
         mail_id = text.decode().rsplit(" ", 1)[1]
@@ -129,6 +141,9 @@ async def test_the_readme_demo_works_and_survives_a_restart(tmp_path: Path) -> N
         assert "hello podpost" in shown.out and "Hello from podpost dev." in shown.out
         raw = await cli.podpost(nats_url, "caught", "show", mail_id, "--raw")
         assert raw.code == 0 and "Subject: hello podpost" in raw.out, raw.err
+        console_url = f"http://127.0.0.1:{console_port}"
+        assert f"web console: {console_url}" in log.read_text()
+        await _console_lists(console_url, "hello podpost")
         servers = [pid for pid, name in _children(proc.pid).items() if "nats-server" in name]
         assert len(servers) == 1, _children(proc.pid)
     assert proc.returncode == 0, log.read_text()[-3000:]

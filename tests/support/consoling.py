@@ -44,7 +44,8 @@ class Relay:
         return reply.rsplit(" ", 1)[-1]
 
 
-def html_mail(subject: str, *, to: str = "someone@example.org") -> EmailMessage:
+def html_mail(subject: str, *, to: str = "someone@example.org",
+              image_url: str = "http://127.0.0.1:9/pixel.gif") -> EmailMessage:
     """A mail with a text part, an HTML part carrying a script and a remote image, and a
     PDF-ish attachment."""
     msg = EmailMessage()
@@ -56,7 +57,7 @@ def html_mail(subject: str, *, to: str = "someone@example.org") -> EmailMessage:
         "<html><body><h1 id='greeting'>Hello in HTML</h1>"
         f"<script>document.body.setAttribute('data-mark','{SCRIPT_MARK}');"
         f"parent.document.title='{SCRIPT_MARK}';</script>"
-        "<img src='http://127.0.0.1:9/pixel.gif' alt='tracker'>"
+        f"<img src='{image_url}' alt='tracker'>"
         "<p onclick=\"alert(1)\">&lt;b&gt;escaped&lt;/b&gt;</p></body></html>",
         subtype="html")
     msg.add_attachment(b"%PDF-1.4 test attachment\n", maintype="application",
