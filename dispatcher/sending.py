@@ -26,6 +26,7 @@ from typing import Literal, TypeVar
 
 import aiosmtplib
 
+from dispatcher import scram
 from dispatcher.rules.outcome import Failure, Outcome, RcptResult
 from runtime import settings
 from schemas import snapshot
@@ -33,8 +34,8 @@ from schemas import snapshot
 Stage = Literal["connect", "greet", "tls", "auth", "ready", "mail", "rcpt", "data", "done"]
 """How far a session got: the stage a failure happened in decides its class."""
 
-AUTH_TYPES = ("PLAIN", "LOGIN", "CRAM-MD5")
-"""The ``authType`` values podpost can log in with (aiosmtplib's mechanisms)."""
+AUTH_TYPES = ("PLAIN", "LOGIN", "CRAM-MD5", *scram.MECHANISMS)
+"""The ``authType`` values podpost can log in with (aiosmtplib's, and SCRAM by `scram`)."""
 
 QUIT_TIMEOUT_S = 5.0
 """Upper bound for a polite QUIT; closing never waits longer on an upstream."""
@@ -196,11 +197,9 @@ async def connect(
     (refused when the server does not offer it), then AUTH with ``creds`` if given."""
     mechanism = upstream.auth_type.upper()
     if creds is not None and mechanism not in AUTH_TYPES:
-        why = ("aiosmtplib, podpost's SMTP client, has no SCRAM"
-               if mechanism.startswith("SCRAM") else "unknown mechanism")
         return Outcome(
             failure="auth",
-            reply=f"authType {upstream.auth_type} is not supported ({why}); "
+            reply=f"authType {upstream.auth_type} is not supported (unknown mechanism); "
                   f"use one of {', '.join(AUTH_TYPES)}",
         )
     smtp = aiosmtplib.SMTP(
@@ -235,6 +234,9 @@ async def _login(
 ) -> aiosmtplib.SMTPResponse:
     if mechanism == "LOGIN":
         return await smtp.auth_login(creds.username, creds.password, timeout=timeout_s)
+    if mechanism in scram.MECHANISMS:
+        return await scram.login(smtp, mechanism, creds.username, creds.password,
+                                 timeout_s=timeout_s)
     if mechanism == "CRAM-MD5":
         return await smtp.auth_crammd5(creds.username, creds.password, timeout=timeout_s)
     return await smtp.auth_plain(creds.username, creds.password, timeout=timeout_s)

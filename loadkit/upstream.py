@@ -10,14 +10,16 @@ selects, like httpx's ``/status/<code>`` routes:
 ``flaky`` makes the next N deliveries answer 451 at DATA, then recover.
 
 The handler counts sessions: ``connections`` opened in all, ``active`` open now and
-``max_active`` at most at once. `AuthHandler` adds logins (PLAIN, LOGIN, CRAM-MD5) for a
-table of users; `Upstream.drop_connections` closes every open session, as an upstream
+``max_active`` at most at once. `AuthHandler` adds logins (PLAIN, LOGIN, CRAM-MD5, and
+SCRAM-SHA-1 / SCRAM-SHA-256 on `scramp`'s server side) for a table of users; `Upstream.drop_connections` closes every open session, as an upstream
 that times idle clients out does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import re
 import secrets
@@ -25,6 +27,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+import scramp
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 _FAIL_RE = re.compile(r"^fail-(\d{3})@")
@@ -148,6 +151,52 @@ class AuthHandler(Handler):
         if password is None or not hmac.compare_digest(digest, expected):
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=LoginPassword(login, b""))
+
+    async def auth_SCRAM__SHA__1(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._scram("SCRAM-SHA-1", server, args)
+
+    async def auth_SCRAM__SHA__256(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._scram("SCRAM-SHA-256", server, args)
+
+    async def _scram(self, name: str, server: SMTP, args: list[str]) -> AuthResult:
+        """RFC 5802 as an SMTP server: client-first (the initial response or the answer to
+        an empty challenge), server-first, client-final, then the server's signature as a
+        last challenge the client answers with an empty line."""
+        mechanism = scramp.ScramMechanism(name)
+        users = {user: mechanism.make_auth_info(password) for user, password in
+                 self.users.items()}
+        scram = mechanism.make_server(lambda user: users[user])
+        if len(args) > 1:
+            try:
+                first: object = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                return AuthResult(success=False, handled=False)
+        else:
+            first = await server.challenge_auth(b"")
+        try:
+            if not isinstance(first, bytes):
+                return AuthResult(success=False, handled=True)
+            scram.set_client_first(first.decode())
+            final = await server.challenge_auth(scram.get_server_first())
+            if not isinstance(final, bytes):
+                return AuthResult(success=False, handled=True)
+            scram.set_client_final(final.decode())
+        except (scramp.ScramException, KeyError, UnicodeDecodeError):
+            return AuthResult(success=False, handled=False)
+        done = await server.challenge_auth(scram.get_server_final())
+        if not isinstance(done, bytes):
+            return AuthResult(success=False, handled=True)
+        login = _scram_user(first)
+        return AuthResult(success=True, auth_data=LoginPassword(login.encode(), b""))
+
+
+def _scram_user(client_first: bytes) -> str:
+    """The ``n=`` attribute of a SCRAM client-first message (``=2C`` is ``,``, ``=3D``
+    is ``=``)."""
+    for part in client_first.decode().split(","):
+        if part.startswith("n="):
+            return part[2:].replace("=2C", ",").replace("=3D", "=")
+    return ""
 
 
 class _TrackedSMTP(SMTP):

@@ -70,8 +70,9 @@ class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
              "unset or true is implicit TLS (ssl), false is plain."),
     ] | None = None
     auth_type: Annotated[
-        Literal["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1"],
-        Meta(description="SASL mechanism used with the policy's credentials."),
+        Literal["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"],
+        Meta(description="SASL mechanism used with the policy's credentials "
+             "(SCRAM-SHA-256 is a podpost addition)."),
     ] = "PLAIN"
     # podpost additions
     max_connections: (

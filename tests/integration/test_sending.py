@@ -245,15 +245,41 @@ async def test_auth_after_starttls(
     assert (handler.messages[0].login, handler.messages[0].tls) == ("alice", True)
 
 
-async def test_scram_is_refused_before_connecting() -> None:
-    """SCRAM-SHA-1 (which aiosmtplib cannot speak) is an auth failure saying so, and no
-    connection is made."""
+async def test_unknown_auth_type_is_refused_before_connecting() -> None:
+    """An authType podpost cannot speak is an auth failure saying so, and no connection is
+    made."""
     async with running() as up:
-        outcome = await deliver(view(up, auth_type="SCRAM-SHA-1"),
+        outcome = await deliver(view(up, auth_type="XOAUTH2"),
                                 snapshot.Credentials(username="alice", password="x"))
     assert (outcome.failure, outcome.code) == ("auth", None)
-    assert "SCRAM-SHA-1 is not supported" in outcome.reply
+    assert "XOAUTH2 is not supported" in outcome.reply
     assert up.handler.connections == 0
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "SCRAM-SHA-256"])
+async def test_scram_login_reaches_an_upstream_that_speaks_it(mechanism: str) -> None:
+    """A SCRAM login (scramp's client against scramp's server side) is accepted and the
+    mail arrives under that login."""
+    handler = upstream_mod.AuthHandler(users=USERS)
+    creds = snapshot.Credentials(username="alice", password=USERS["alice"])
+    async with running(handler, auth_require_tls=False,
+                       authenticator=handler.authenticate) as up:
+        outcome = await deliver(view(up, auth_type=mechanism), creds)
+    assert codes(outcome) == {"you@example.org": 250}
+    assert handler.messages[0].login == "alice"
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "SCRAM-SHA-256"])
+async def test_scram_with_a_wrong_password_is_a_login_failure(mechanism: str) -> None:
+    """A SCRAM login with a wrong password is an auth failure with the upstream's 535 and
+    no mail arrives."""
+    handler = upstream_mod.AuthHandler(users=USERS)
+    creds = snapshot.Credentials(username="alice", password="wrong")
+    async with running(handler, auth_require_tls=False,
+                       authenticator=handler.authenticate) as up:
+        outcome = await deliver(view(up, auth_type=mechanism), creds)
+    assert (outcome.failure, outcome.code) == ("auth", 535)
+    assert handler.messages == []
 
 
 async def test_each_recipient_keeps_its_own_refusal() -> None:
