@@ -17,8 +17,17 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from ingress import storing
-from ingress.rules import admission, headers, mailid, reasons, replies, routing
+from ingress import authenticating, storing
+from ingress.rules import (
+    admission,
+    headers,
+    mailid,
+    proxyheader,
+    reasons,
+    replies,
+    rewriting,
+    routing,
+)
 from runtime import bus, eventing, metrics, policies
 from runtime import settings as settings_mod
 from schemas import events, mail
@@ -82,6 +91,10 @@ class Handler:
         self._hostname = hostname
         self._index: routing.Index | None = None
         self._index_revision = -1
+        self.auth = authenticating.Authenticator(cfg, holder)
+        self.proxy_networks = proxyheader.networks(cfg.proxy_protocol_cidrs)
+        """Peers whose connections start with a PROXY header (`ingress.proxying`)."""
+        self.proxy_timeout_s = cfg.proxy_timeout_s
 
     def _current(self) -> tuple[snapshot_mod.PolicySnapshot | None, routing.Index | None]:
         """The snapshot and its route index, rebuilt once per revision."""
@@ -106,7 +119,15 @@ class Handler:
         from its stream one by one and answers them in order, so a client may send MAIL,
         the RCPTs and DATA in one write; without the keyword clients wait for each reply."""
         session.host_name = hostname  # the hook's job when it takes ``responses``
+        if not self.auth.offered(authenticating.tls_of(session)):
+            responses = [line for line in responses if not line.startswith("250-AUTH")]
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_AUTH(
+        self, server: SMTP, session: Session, envelope: Transaction, args: list[str],
+    ) -> str | None:
+        """AUTH PLAIN and LOGIN (`ingress.authenticating`), instead of aiosmtpd's own."""
+        return await self.auth.exchange(server, session, args, peer_ip(session))
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Transaction, address: str,
@@ -118,10 +139,13 @@ class Handler:
         if not _utf8(address):
             return replies.BAD_ADDRESS
         snap, index = self._current()
+        login = authenticating.login_of(session)
         verdict = admission.at_mail(
             snap, index, ip, address,
             declared=admission.declared_size(mail_options),
             global_limit=self._cfg.max_message_size,
+            tls=authenticating.tls_of(session),
+            login=(login.username, login.policy) if login and login.policy else None,
         )
         if isinstance(verdict, admission.Refusal):
             await self.reject(verdict, ip=ip, mail_from=address)
@@ -164,6 +188,10 @@ class Handler:
             return refusal.reply
         now = datetime.now(UTC)
         mail_id = mailid.compute(mail_from, envelope.rcpt_tos, data)
+        sender, body = mail_from, data  # what goes upstream; logs keep the client's
+        if admitted.policy.rewrite_sender:
+            rewritten = rewriting.rewrite(mail_from, data, admitted.policy.rewrite_sender)
+            sender, body = rewritten.mail_from, rewritten.data
         structlog.contextvars.bind_contextvars(mail_id=mail_id)
         smtputf8 = bool(envelope.smtp_utf8)
         trace = headers.Trace(
@@ -172,10 +200,10 @@ class Handler:
             protocol=headers.protocol(extended=session.extended_smtp, smtputf8=smtputf8,
                                       tls=session.ssl is not None),
         )
-        message = headers.prefix(data, trace) + data
+        message = headers.prefix(body, trace) + body
         policy = admitted.policy
         draft = mail.Envelope(
-            id=mail_id, policy=policy.key, upstream=policy.upstream, mail_from=mail_from,
+            id=mail_id, policy=policy.key, upstream=policy.upstream, mail_from=sender,
             rcpt_to=list(envelope.rcpt_tos), received_at=now, size=len(message),
             client_ip=ip, source=admitted.route.source, helo=helo_name(session),
             smtputf8=smtputf8,

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import structlog
 
 from ingress import handler as handler_mod
-from ingress import protocol
+from ingress import listening as listening_mod
+from ingress import protocol, tlsconfig
 from ingress import sessions as sessions_mod
 from ingress.rules import replies
 from runtime import bus, health, policies
@@ -35,6 +36,13 @@ async def _first_snapshot(holder: policies.SnapshotHolder, conn: bus.Conn) -> No
             await holder.refresh(conn)
 
 
+def _log_bound(servers: list[asyncio.Server], hostname: str, tls: str) -> None:
+    for server in servers:
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            log.info("ingress.listening", host=host, port=port, hostname=hostname, tls=tls)
+
+
 async def listen(
     cfg: settings_mod.Settings,
     conn: bus.Conn,
@@ -44,11 +52,16 @@ async def listen(
     hostname: str,
     listening: Callable[[str, int], None] | None = None,
 ) -> None:
-    """Serve SMTP until ``stop``, then drain within ``cfg.grace_s``."""
+    """Serve SMTP until ``stop``, then drain within ``cfg.grace_s``: on every address of
+    ``ingress.host``, with STARTTLS (and the implicit-TLS port) when a certificate is set."""
     icfg = cfg.ingress
     loop = asyncio.get_running_loop()
     handler = handler_mod.Handler(conn, icfg, holder, hostname)
     sessions = sessions_mod.Sessions(icfg.max_sessions)
+    tls = tlsconfig.load(icfg.tls_cert_file, icfg.tls_key_file)
+    if tls is None and icfg.tls_port:
+        raise tlsconfig.TLSError("PODPOST_INGRESS__TLS_PORT needs a certificate "
+                                 "(PODPOST_INGRESS__TLS_CERT_FILE and _KEY_FILE)")
 
     def factory() -> asyncio.Protocol:
         if not sessions.accepts():
@@ -59,21 +72,33 @@ async def listen(
             handler, sessions,
             hostname=hostname, ident=IDENT, data_size_limit=icfg.max_message_size,
             enable_SMTPUTF8=True, decode_data=False, timeout=icfg.idle_timeout_s, loop=loop,
+            tls_context=tls.front if tls is not None else None,
+            auth_require_tls=False,  # the handler decides what is offered when
         )
         sessions.add(session)
         return session
 
-    server = await loop.create_server(factory, icfg.host, icfg.port)
-    host, port = server.sockets[0].getsockname()[:2]
-    log.info("ingress.listening", host=host, port=port, hostname=hostname)
+    addresses = listening_mod.hosts(icfg.host)
+    servers = await listening_mod.bind(factory, addresses, icfg.port)
+    _log_bound(servers, hostname, "starttls" if tls is not None else "none")
+    if tls is not None and icfg.tls_port:
+        implicit = await listening_mod.bind(factory, addresses, icfg.tls_port, tls=tls.front)
+        _log_bound(implicit, hostname, "implicit")
+        servers += implicit
+    host, port = servers[0].sockets[0].getsockname()[:2]
     if listening is not None:
         listening(host, port)
     try:
-        await stop.wait()
+        async with asyncio.TaskGroup() as tg:
+            if tls is not None:
+                tg.create_task(tls.watch(stop, icfg.tls_reload_s), name="ingress.tls")
+            await stop.wait()
     finally:
-        server.close()
+        for server in servers:
+            server.close()
         await sessions.drain(cfg.grace_s)
-        await server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
         log.info("ingress.stopped")
 
 

@@ -19,8 +19,9 @@ import structlog
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from ingress import handler as handler_mod
+from ingress import proxying
 from ingress import sessions as sessions_mod
-from ingress.rules import admission, dataphase, replies
+from ingress.rules import admission, dataphase, proxyheader, replies
 
 log = structlog.get_logger("ingress.protocol")
 
@@ -87,17 +88,26 @@ class IngressSMTP(SMTP):
         self._sessions = sessions
         self._global_limit: int = self.data_size_limit or 0
         self._peer = ""
+        self._proxied_peer: tuple[str, int] | None = None
+        """The client's address from a PROXY header, kept across STARTTLS."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Runs in its own copy of the context, which aiosmtpd's session task inherits.
-        peer = transport.get_extra_info("peername")
+        peer = self._proxied_peer or transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(peer=self._peer)
         log.debug("ingress.session_opened", sessions=len(self._sessions))
         super().connection_made(transport)
+        if self._proxied_peer is not None and self.session is not None:
+            # STARTTLS starts a new session; aiosmtpd keeps the peername tuple (typed str)
+            self.session.peer = self._proxied_peer  # type: ignore[assignment]
+        if self.session is not None and self.session.ssl is None:
+            tls = transport.get_extra_info("ssl_object")  # the implicit-TLS port
+            if tls is not None:
+                self.session.ssl = {"ssl_object": tls}
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -117,6 +127,9 @@ class IngressSMTP(SMTP):
         """aiosmtpd's session loop; a dropped connection ends it quietly, and nothing a
         client sends may end it with an unhandled exception."""
         try:
+            if (self._handler.proxy_networks and proxyheader.trusted(
+                    self._peer, self._handler.proxy_networks) and not await self._proxied()):
+                return
             await super()._handle_client()
         except ConnectionError:
             log.debug("ingress.session_dropped")
@@ -124,6 +137,23 @@ class IngressSMTP(SMTP):
             log.error("ingress.session_failed", error=repr(exc), exc_info=exc)
             if self.transport is not None:
                 self.transport.close()
+
+    async def _proxied(self) -> bool:
+        """Take the PROXY header of a trusted peer: the session's peer becomes the header's
+        source. False (the connection closed) when there is no valid header."""
+        header = await proxying.read(self._reader, self._handler.proxy_timeout_s)
+        if isinstance(header, proxyheader.Invalid):
+            log.warning("ingress.proxy_header_refused", reason=header.reason)
+            if self.transport is not None:
+                self.transport.close()
+            return False
+        if header.source is not None and self.session is not None:
+            self._proxied_peer = (header.source, header.port)
+            self.session.peer = self._proxied_peer  # type: ignore[assignment]
+            log.debug("ingress.proxied", client_ip=header.source)
+            self._peer = header.source
+            structlog.contextvars.bind_contextvars(peer=self._peer)
+        return True
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's loop turns any error into a reply and reads on. End of input is not
@@ -209,7 +239,7 @@ class IngressSMTP(SMTP):
         self.data_size_limit = self._global_limit
 
     async def push(self, status: str | bytes) -> None:
-        if isinstance(status, bytes):  # only AUTH challenges, which we never offer
+        if isinstance(status, bytes):  # only AUTH challenges
             await super().push(status)
             return
         known = replies.builtin(status)

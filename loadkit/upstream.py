@@ -11,8 +11,9 @@ selects, like httpx's ``/status/<code>`` routes:
 
 The handler counts sessions: ``connections`` opened in all, ``active`` open now and
 ``max_active`` at most at once. `AuthHandler` adds logins (PLAIN, LOGIN, CRAM-MD5, and
-SCRAM-SHA-1 / SCRAM-SHA-256 on `scramp`'s server side) for a table of users; `Upstream.drop_connections` closes every open session, as an upstream
-that times idle clients out does.
+SCRAM-SHA-1 / SCRAM-SHA-256 on `scramp`'s server side) for a table of users;
+`Upstream.drop_connections` closes every open session, as an upstream that times idle
+clients out does.
 """
 
 from __future__ import annotations

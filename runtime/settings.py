@@ -69,9 +69,41 @@ class NatsSettings(_Section, frozen=True, kw_only=True):
 
 
 class IngressSettings(_Section, frozen=True, kw_only=True):
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0,::"
+    """Addresses to listen on, comma-separated: IPv4 and IPv6 by default. An address
+    family the machine lacks (no IPv6 in the pod) is skipped with a warning, as long as
+    one address binds."""
     port: int = 2525
     """Unprivileged by default; the Service maps port 25 onto it."""
+    tls_cert_file: str = ""
+    """PEM certificate chain for STARTTLS (and ``tls_port``), e.g. a mounted cert-manager
+    Secret's ``tls.crt``; empty: no TLS. Re-read when it changes (``tls_reload_s``)."""
+    tls_key_file: str = ""
+    """PEM private key of ``tls_cert_file`` (``tls.key``)."""
+    tls_port: int = 0
+    """A second port speaking implicit TLS (SMTPS, as port 465 does); 0: none. Needs the
+    certificate."""
+    tls_reload_s: float = 10.0
+    """How often the certificate and key files are checked for a change; a changed pair
+    serves the next handshakes, open sessions keep theirs."""
+    auth_accept_any: bool = False
+    """Offer AUTH and accept any login that is not one of a policy's
+    ``clientCredentials``: for apps that insist on logging in; they are still identified
+    by their pod address."""
+    auth_plaintext: bool = False
+    """Offer AUTH before TLS too (``auth_accept_any``'s logins); a policy's
+    ``clientCredentials`` are offered without TLS only when it sets
+    ``allowPlaintextAuth``."""
+    auth_failure_delay_s: float = 1.0
+    """The answer to a failed login waits this long, doubled for each further failure from
+    the same address within 15 minutes (at most 30 s); after 10 the address is refused
+    unchecked until then."""
+    proxy_protocol_cidrs: list[str] = []
+    """Peers (load balancers) whose connections start with a PROXY protocol v1 or v2
+    header; the client's address is then the header's. Other peers are served as they
+    are, and a header from them is not believed."""
+    proxy_timeout_s: float = 5.0
+    """How long a trusted peer may take to send its PROXY header."""
     hostname: str = ""
     """Name used in the banner and the Received: header; the machine's FQDN when empty."""
     max_message_size: int = 25 * 1024 * 1024

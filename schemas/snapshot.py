@@ -7,6 +7,7 @@ CREDENTIALS key to read, and only dispatchers may read that bucket.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from datetime import datetime
 from typing import Literal
@@ -51,6 +52,12 @@ class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
     max_message_size: int | None = None
     ratelimit: RateLimit | None = None
     retry: RetryOverride | None = None
+    require_tls: bool = False
+    """Mail is admitted only over TLS (STARTTLS or the implicit-TLS port)."""
+    allow_plaintext_auth: bool = False
+    """The policy's client logins may be used before TLS."""
+    rewrite_sender: str | None = None
+    """The provider's verified address that replaces the envelope sender and ``From:``."""
 
 
 class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,11 +82,43 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     """Who the address belongs to: ``pod:<ns>/<name>`` or ``static:<ns>/<name>``."""
 
 
+class ClientLogin(msgspec.Struct, frozen=True, kw_only=True):
+    """A login a client may give the ingress (a policy's ``clientCredentials``): not the
+    password, a PBKDF2-SHA256 verifier of it (`login_verifier`), since every ingress reads
+    the snapshot."""
+
+    policy: str
+    salt: str
+    """Hex; derived from policy and username, so an unchanged Secret is an unchanged
+    snapshot."""
+    iterations: int
+    verifier: str
+    """Hex PBKDF2-SHA256 of the password."""
+
+
+LOGIN_ITERATIONS = 20_000
+"""PBKDF2 rounds of a client login's verifier: about 10 ms per check or build, against
+offline guessing by someone who reads the POLICY bucket; failed logins are slowed down
+online besides."""
+
+
+def login_verifier(password: str, salt: str, iterations: int) -> str:
+    """The verifier the reconciler stores and the ingress recomputes to check a login."""
+    return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), bytes.fromhex(salt),
+                               iterations).hex()
+
+
+def login_salt(policy: str, username: str) -> str:
+    return hashlib.sha256(f"podpost-login\0{policy}\0{username}".encode()).hexdigest()[:32]
+
+
 class PolicySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     generated_at: datetime
     policies: dict[str, PolicyView] = {}
     upstreams: dict[str, UpstreamView] = {}
     routes: list[Route] = []
+    logins: dict[str, ClientLogin] = {}
+    """Client logins by username: a client that logs in with one gets its policy."""
     source: str = ""
     """Where it was built from: ``file:<path>`` or ``kubernetes``."""
     digest: str = ""

@@ -57,17 +57,27 @@ def at_mail(
     *,
     declared: int | None,
     global_limit: int,
+    tls: bool = False,
+    login: tuple[str, str] | None = None,
 ) -> Admitted | Refusal:
-    """Client IP -> route -> policy; then the sender and the declared size."""
+    """Client IP -> route -> policy (or, for a client that logged in with a policy's
+    client login, ``login`` = (username, policy): that policy); then TLS when the policy
+    requires it, the sender and the declared size."""
     if snap is None or index is None:
         return Refusal(reply=replies.NO_SNAPSHOT, stage="mail")
-    address = routing.parse_ip(ip)
-    route = routing.lookup(index, address) if address is not None else None
+    if login is not None:
+        route: snapshot.Route | None = snapshot.Route(
+            network="", policy=login[1], source=f"login:{login[0]}")
+    else:
+        address = routing.parse_ip(ip)
+        route = routing.lookup(index, address) if address is not None else None
     if route is None:
         return Refusal(reply=replies.no_route(ip), stage="mail")
     policy = snap.policies.get(route.policy)
     if policy is None:
         return Refusal(reply=replies.no_policy(ip), stage="mail")
+    if policy.require_tls and not tls:
+        return Refusal(reply=replies.TLS_REQUIRED, stage="mail", policy=policy)
     if not senders.allowed(sender, policy.allowed_senders):
         return Refusal(reply=replies.sender_refused(sender), stage="mail", policy=policy)
     limit = size_limit(policy, global_limit)

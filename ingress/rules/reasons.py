@@ -20,6 +20,7 @@ FROM_NOT_ALLOWED = "from_not_allowed"
 TOO_BIG = "too_big"
 TOO_MANY_RECIPIENTS = "too_many_recipients"
 BAD_ADDRESS = "bad_address"
+TLS_REQUIRED = "tls_required"
 OTHER = "other"
 
 _EXACT = {
@@ -28,6 +29,7 @@ _EXACT = {
     replies.INTERNAL_ERROR: INTERNAL_ERROR,
     replies.TOO_MANY_RECIPIENTS: TOO_MANY_RECIPIENTS,
     replies.BAD_ADDRESS: BAD_ADDRESS,
+    replies.TLS_REQUIRED: TLS_REQUIRED,
 }
 
 

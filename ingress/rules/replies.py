@@ -21,6 +21,7 @@ BAD_ADDRESS = "553 5.1.7 Address is not valid UTF-8"
 TOO_MANY_SESSIONS = "421 4.3.2 Too many sessions, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 CLOSING = "421 4.4.2 Input ended, closing the connection"
+TLS_REQUIRED = "530 5.7.0 This policy requires TLS: issue STARTTLS first"
 
 
 def no_route(ip: str) -> str:

@@ -20,6 +20,7 @@ from schemas import names
     (replies.INTERNAL_ERROR, "internal_error"),
     (replies.TOO_MANY_RECIPIENTS, "too_many_recipients"),
     (replies.BAD_ADDRESS, "bad_address"),
+    (replies.TLS_REQUIRED, "tls_required"),
     (replies.TOO_BIG, "too_big"),
     (replies.too_big(4096), "too_big"),
     (replies.no_route("10.1.2.3"), "no_policy"),
