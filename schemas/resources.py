@@ -170,6 +170,33 @@ class EmailPolicySpec(_Spec, frozen=True, kw_only=True):
         Meta(description="podpost: envelope sender and From: must match one of these: "
              "an address, '@domain' or '*@domain'. Empty: any sender."),
     ] = []
+    require_tls: Annotated[
+        bool,
+        Meta(description="podpost: admit this policy's mail only over TLS (STARTTLS or "
+             "the ingress's implicit-TLS port); without it MAIL gets 530."),
+    ] = msgspec.field(default=False, name="requireTLS")
+    client_credentials: Annotated[
+        list[ObjectRef],
+        Meta(description="podpost: Secrets (username, password) a client may log in to "
+             "the ingress with (AUTH PLAIN or LOGIN) to get this policy whatever its "
+             "address: for clients no pod address identifies. Offered after TLS only, "
+             "unless allowPlaintextAuth."),
+    ] = []
+    allow_plaintext_auth: Annotated[
+        bool,
+        Meta(description="podpost: offer and accept clientCredentials before TLS too."),
+    ] = False
+    rewrite_sender: (
+        Annotated[
+            str,
+            Meta(pattern=r"^[^@\s<>]+@[^@\s<>]+$",
+                 description="podpost: the provider's verified address; the envelope "
+                 "sender and From: become it (the display name kept) and the original "
+                 "From: goes into Reply-To when none is set, so SPF and DMARC align with "
+                 "the provider's domain."),
+        ]
+        | None
+    ) = None
 
 
 # --- documents --------------------------------------------------------------------------

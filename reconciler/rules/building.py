@@ -127,6 +127,8 @@ class _Resolved(msgspec.Struct, frozen=True, kw_only=True):
     selector: matching.Selector
     default: bool
     login: tuple[str, snapshot.Credentials] | None
+    client_logins: dict[str, snapshot.ClientLogin] = {}
+    """The policy's clientCredentials by username, as verifiers."""
 
 
 def _resolve(
@@ -166,8 +168,19 @@ def _resolve(
         ratelimit=None if limit is None else snapshot.RateLimit(
             maximum=limit.maximum, period_s=PERIOD_S[limit.period]),
         retry=_retry(spec.retry),
+        require_tls=spec.require_tls,
+        allow_plaintext_auth=spec.allow_plaintext_auth,
+        rewrite_sender=spec.rewrite_sender,
     )
-    return _Resolved(view=view, selector=selector, default=spec.default, login=login)
+    client_logins: dict[str, snapshot.ClientLogin] = {}
+    for ref in spec.client_credentials:
+        _, creds = credentials.policy_login(policy, ref, secrets)
+        salt = snapshot.login_salt(key, creds.username)
+        client_logins[creds.username] = snapshot.ClientLogin(
+            policy=key, salt=salt, iterations=snapshot.LOGIN_ITERATIONS,
+            verifier=snapshot.login_verifier(creds.password, salt, snapshot.LOGIN_ITERATIONS))
+    return _Resolved(view=view, selector=selector, default=spec.default, login=login,
+                     client_logins=client_logins)
 
 
 # --- matching endpoints to policies -------------------------------------------------------
@@ -291,7 +304,9 @@ _digest_encoder = msgspec.json.Encoder(order="deterministic")
 
 def digest(snap: snapshot.PolicySnapshot) -> str:
     """A hash of everything but ``generated_at`` and ``digest`` itself."""
-    content = (snap.policies, snap.upstreams, snap.routes, snap.source)
+    content: tuple[object, ...] = (snap.policies, snap.upstreams, snap.routes, snap.source)
+    if snap.logins:  # a changed password is a changed snapshot; none keeps old digests
+        content += (snap.logins,)
     return hashlib.sha256(_digest_encoder.encode(content)).hexdigest()
 
 
@@ -327,9 +342,14 @@ def build(inputs: inputs_mod.Inputs, *, now: datetime, source: str) -> Build:
 
     resolved: dict[str, _Resolved] = {}
     logins: dict[str, snapshot.Credentials] = {}
+    client_logins: dict[str, snapshot.ClientLogin] = {}
     for key, policy in policies.items():
         try:
             item = _resolve(policy, servers, secrets, broken)
+            taken = sorted(set(item.client_logins) & set(client_logins))
+            if taken:
+                raise _Unresolved("LoginTaken", f"clientCredentials username {taken[0]!r} is "
+                                  f"already the login of {client_logins[taken[0]].policy}")
         except _Unresolved as exc:
             conditions[object_key("EmailPolicy", key)] = [
                 resources.Condition(type="Conflict", status="False", reason="NotReady",
@@ -338,6 +358,7 @@ def build(inputs: inputs_mod.Inputs, *, now: datetime, source: str) -> Build:
             ]
             continue
         resolved[key] = item
+        client_logins.update(item.client_logins)
         if item.login is not None:
             logins[item.login[0]] = item.login[1]
 
@@ -374,6 +395,7 @@ def build(inputs: inputs_mod.Inputs, *, now: datetime, source: str) -> Build:
         policies={key: item.view for key, item in resolved.items()},
         upstreams=upstreams,
         routes=routes,
+        logins=dict(sorted(client_logins.items())),
         source=source,
     )
     snap = msgspec.structs.replace(snap, digest=digest(snap))

@@ -174,13 +174,16 @@ def secret_refs(
     policies: Iterable[resources.EmailPolicy],
     servers: Iterable[resources.SMTPServer] = (),
 ) -> set[str]:
-    """``ns/name`` of every Secret a policy names as credentials or a server as tlsCA."""
+    """``ns/name`` of every Secret a policy names as credentials or clientCredentials, or
+    a server as tlsCA."""
     refs: set[str] = set()
     for policy in policies:
         smtp = policy.spec.sink.smtp
         if smtp is not None and smtp.credentials is not None:
             namespace = smtp.credentials.namespace or policy.metadata.namespace
             refs.add(f"{namespace}/{smtp.credentials.name}")
+        for ref in policy.spec.client_credentials:
+            refs.add(f"{ref.namespace or policy.metadata.namespace}/{ref.name}")
     for server in servers:
         ca = server.spec.tls_ca
         if ca is not None and ca.secret_key_ref is not None:
