@@ -79,7 +79,6 @@ class Authenticator:
             self._strikes.pop(ip, None)
             session.authenticated = True
             session.auth_data = verdict  # type: ignore[assignment]  # aiosmtpd: Any
-            session.login_data = username
             log.info("ingress.login_accepted", username=username, client_ip=ip,
                      policy=verdict.policy or "", tls=tls)
             return auth.SUCCESS

@@ -175,7 +175,7 @@ def environment(nats_url: str, **extra: str) -> dict[str, str]:
                PODPOST_DISPATCHER__ACK_WAIT_S=str(ACK_WAIT_S),
                PODPOST_DISPATCHER__DISCOVERY_INTERVAL_S="0.5",
                PODPOST_INGRESS__PUBLISH_TIMEOUT_S="3",
-               PODPOST_INGRESS__HOSTNAME="mx.relay.test")
+               PODPOST_INGRESS__HOST="127.0.0.1", PODPOST_INGRESS__HOSTNAME="mx.relay.test")
     env.update(extra)
     return env
 

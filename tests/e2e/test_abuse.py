@@ -6,6 +6,8 @@ The file holds two namespaces: ``shop`` (the Secret with the password, an SMTPSe
 needs it, and a policy admitting only ``app@shop.test`` for 127.0.0.1) and ``rogue``
 (a policy for 127.0.0.3 that points at shop's Secret without the grant annotation).
 127.0.0.9 is no pod at all. The one legitimate mail proves the password does work.
+Shop's ``remote`` policy also takes a client login (``clientCredentials``, a second
+planted password) from anywhere: a wrong password is refused, the right one admits 127.0.0.9.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from schemas import events, names, snapshot
 
 PASSWORD = "PLANTED-pw-5f3a9c1e"
 USER = "relay-user"
+CLIENT_PASSWORD = "PLANTED-client-pw-0d4e"
+WRONG_PASSWORD = "PLANTED-wrong-pw-a1b2"
+CLIENT_USER = "shop-client"
 GOOD = b"From: app@shop.test\r\nTo: you@example.org\r\nSubject: legit\r\n\r\nhello\r\n"
+REMOTE = GOOD.replace(b"legit", b"logged in")
 
 POLICY = """\
 apiVersion: podpost/v1alpha1
@@ -57,6 +63,20 @@ spec:
   allowedSenders: [app@shop.test]
   sink: {{smtp: {{server: {{name: upstream}}, credentials: {{name: login}}}}}}
 ---
+apiVersion: v1
+kind: Secret
+metadata: {{name: client-login, namespace: shop}}
+stringData: {{username: {client_user}, password: {client_password}}}
+---
+apiVersion: kube-mail.helmich.me/v1alpha1
+kind: EmailPolicy
+metadata: {{name: remote, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: nobody}}}}
+  clientCredentials: [{{name: client-login}}]
+  allowPlaintextAuth: true
+  sink: {{smtp: {{server: {{name: upstream}}, credentials: {{name: login}}}}}}
+---
 apiVersion: kube-mail.helmich.me/v1alpha1
 kind: SMTPServer
 metadata: {{name: upstream, namespace: rogue}}
@@ -80,6 +100,27 @@ def _forms(secret: str) -> list[bytes]:
 
 def _leaks(blob: bytes) -> bool:
     return any(form in blob for form in _forms(PASSWORD))
+
+
+def _client_leaks(blob: bytes) -> bool:
+    """A client login's password (right or wrong), in any form; it is stored nowhere."""
+    return any(form in blob for secret in (CLIENT_PASSWORD, WRONG_PASSWORD)
+               for form in [*_forms(secret), base64.b64encode(
+                   b"\0" + CLIENT_USER.encode() + b"\0" + secret.encode())])
+
+
+async def _login_and_send(port: int, source: str, password: str) -> tuple[int, str]:
+    """AUTH PLAIN as the client login, then one mail: the reply that ended it."""
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, source_address=(source, 0),
+                             local_hostname="client.test", start_tls=False, timeout=10)
+    async with client:
+        try:
+            await client.ehlo()
+            await client.auth_plain(CLIENT_USER, password)
+            _, message = await client.sendmail("app@shop.test", ["you@example.org"], REMOTE)
+        except aiosmtplib.SMTPResponseException as exc:
+            return exc.code, exc.message
+    return 250, message
 
 
 async def _send(port: int, source: str, sender: str, data: bytes) -> tuple[int, str]:
@@ -125,11 +166,13 @@ async def test_abuse_is_refused_and_the_planted_password_never_leaks(
     handler = upstream_mod.AuthHandler(users={USER: PASSWORD})
     up = await upstream_mod.start(handler, auth_require_tls=False,
                                   authenticator=handler.authenticate)
-    policy = POLICY.format(port=up.port, user=USER, password=PASSWORD)
+    policy = POLICY.format(port=up.port, user=USER, password=PASSWORD,
+                           client_user=CLIENT_USER, client_password=CLIENT_PASSWORD)
     bus_names = names.Bus()
     try:
         async with relay.running(tmp_path / "relay", nats_server.url, up, dispatchers=1,
-                                 policy=policy, PODPOST_LOG__LEVEL="debug") as running:
+                                 policy=policy, PODPOST_LOG__LEVEL="debug",
+                                 PODPOST_INGRESS__AUTH_FAILURE_DELAY_S="0.05") as running:
             async with asyncio.timeout(40):  # until the snapshot is loaded and the mail queued
                 while (reply := await _send(running.port, "127.0.0.1", "app@shop.test",
                                             GOOD))[0] != 250:
@@ -151,6 +194,11 @@ async def test_abuse_is_refused_and_the_planted_password_never_leaks(
 
             [delivered] = await handler.wait_for(1, timeout_s=30)
             assert delivered.login == USER and delivered.data.endswith(GOOD)
+            wrong_login = await _login_and_send(running.port, "127.0.0.9", WRONG_PASSWORD)
+            assert wrong_login[0] == 535, wrong_login
+            remote = await _login_and_send(running.port, "127.0.0.9", CLIENT_PASSWORD)
+            assert remote[0] == 250, remote
+            await handler.wait_for(2, timeout_s=30)
 
             nc = await nats.connect(nats_server.url)
             try:
@@ -168,7 +216,7 @@ async def test_abuse_is_refused_and_the_planted_password_never_leaks(
                     js, str(info.config.name)) for info in await js.streams_info()}
             finally:
                 await nc.close()
-            assert len(handler.messages) == 1
+            assert len(handler.messages) == 2  # the legitimate mail and the logged-in one
         logs = {name: role.log() for name, role in running.roles.items()}
         crashed = [name for name, role in running.roles.items()
                    if role.proc is not None and role.proc.returncode not in (0, None)]
@@ -176,12 +224,17 @@ async def test_abuse_is_refused_and_the_planted_password_never_leaks(
         await up.close()
 
     assert crashed == []
-    assert mail_state.last_seq == 1  # nothing but the legitimate mail was ever stored
+    assert mail_state.last_seq == 2  # nothing but the two legitimate mails was ever stored
     assert {(e.client_ip, e.code) for e in rejected if e.code == 451} <= {("127.0.0.1", 451)}
     assert sorted((e.client_ip, e.code, e.stage) for e in rejected if e.code != 451) == [
         ("127.0.0.1", 550, "data"), ("127.0.0.1", 550, "mail"),
         ("127.0.0.3", 550, "mail"), ("127.0.0.9", 550, "mail")]
     assert "CrossNamespaceSecretNotGranted" in logs["reconciler"]
+    assert "ingress.login_failed" in logs["ingress"] and CLIENT_USER in logs["ingress"]
+    for name, text in logs.items():
+        assert not _client_leaks(text.encode()), f"client password in the {name} log"
+    for stream, messages in streams.items():
+        assert not any(_client_leaks(m) for m in messages), f"client password in {stream}"
 
     # the search works: the password is where it belongs, and only there
     credentials = names.kv_stream(bus_names.credentials_bucket)
