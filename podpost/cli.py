@@ -116,12 +116,20 @@ def dev(
     ] = Path(".podpost"),
     console_port: Annotated[int, typer.Option(
         help="Port of the web console on 127.0.0.1; 0 turns it off.")] = 8025,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Offer STARTTLS with a self-signed certificate "
+                           "made under <state-dir>/tls.")
+    ] = False,
 ) -> None:
     """Everything on one machine: embedded nats-server, file policies, ingress, dispatcher."""
     from podpost import devmode
 
+    ingress: dict[str, object] = {"host": "127.0.0.1", "port": smtp_port}
+    if tls:
+        cert_file, key_file = devmode.self_signed(state_dir / "tls")
+        ingress.update(tls_cert_file=str(cert_file), tls_key_file=str(key_file))
     cfg = load_settings({
-        "ingress": {"host": "127.0.0.1", "port": smtp_port},
+        "ingress": ingress,
         "reconciler": {"source": "file", "file": str(policies) if policies else None},
         "console": {"host": "127.0.0.1", "port": console_port},
     })

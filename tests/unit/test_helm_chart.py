@@ -35,6 +35,8 @@ NARROW = {"rbac": {"clusterWideSecrets": False, "secretNamespaces": ["shop", "bi
                          "autoscaling": {"hpa": {"enabled": False}}},
           "reconciler": {"podLabelSelector": "podpost.dev/mail=true"}}
 NO_NETPOL = {"networkPolicy": {"enabled": False}}
+EDGE = {"ingress": {"tls": {"secretName": "podpost-tls", "port": 4650},
+                    "auth": {"acceptAny": True}, "proxyProtocolCIDRs": ["10.0.0.0/8", "fd00::/8"]}}
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {}, "keda": KEDA, "narrow": NARROW, "no-netpol": NO_NETPOL}
 
@@ -217,6 +219,47 @@ def test_every_role_gets_settings_podpost_accepts(
     assert narrow["dispatcher"].dispatcher.upstreams == ["mail/relay", "mail/bulk"]
     assert narrow["reconciler"].reconciler.pod_label_selector == "podpost.dev/mail=true"
     assert narrow["ingress"].ingress.hostname == "mx.example.org"
+
+
+def test_ingress_tls_auth_and_proxy_values_reach_the_ingress(
+    chart: helmrender.Chart, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """ingress.tls mounts the Secret read-only and points the certificate settings at it,
+    opens the implicit-TLS port on the pod, the Service and the NetworkPolicy; auth and
+    PROXY values become the ingress's settings (every object still validates); by default
+    none of it is there and the ingress listens on IPv4 and IPv6."""
+    rendered = {**rendered, "edge": chart.documents(EDGE, release="podpost",
+                                                    namespace="podpost")}
+    for doc in rendered["edge"]:
+        if (doc["apiVersion"], doc["kind"]) not in CUSTOM:
+            kubernetes_validate.validate(doc, KUBERNETES[-1], strict=True)
+
+    def ingress_of(variant: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        [(_, template)] = [(n, t) for n, t in _pod_templates(rendered[variant])
+                           if t["spec"]["containers"][0]["args"][0] == "ingress"]
+        return template["spec"], template["spec"]["containers"][0]
+
+    spec, container = ingress_of("edge")
+    cfg = settings.load(_env(container)).ingress
+    assert (cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_port) == (
+        "/etc/podpost/tls/tls.crt", "/etc/podpost/tls/tls.key", 4650)
+    assert (cfg.auth_accept_any, cfg.proxy_protocol_cidrs) == (True, ["10.0.0.0/8", "fd00::/8"])
+    assert {"name": "tls", "mountPath": "/etc/podpost/tls", "readOnly": True} in container[
+        "volumeMounts"]
+    assert {"name": "tls", "secret": {"secretName": "podpost-tls"}} in spec["volumes"]
+    assert {"name": "smtps", "containerPort": 4650, "protocol": "TCP"} in container["ports"]
+    [service] = [d for d in rendered["edge"] if d["kind"] == "Service"
+                 and d["metadata"]["name"] == "podpost"]
+    assert {"name": "smtps", "port": 465, "targetPort": "smtps", "protocol": "TCP"} in service[
+        "spec"]["ports"]
+    policies = [d for d in rendered["edge"] if d["kind"] == "NetworkPolicy"]
+    assert any({"port": 4650, "protocol": "TCP"} in rule.get("ports", []) for p in policies
+               for rule in p["spec"].get("ingress", []))
+    _, plain = ingress_of("defaults")
+    defaults = settings.load(_env(plain)).ingress
+    assert (defaults.host, defaults.tls_cert_file, defaults.auth_accept_any) == (
+        "0.0.0.0,::", "", False)
+    assert "smtps" not in {p["name"] for p in plain["ports"]}
 
 
 def _rbac(docs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
