@@ -27,11 +27,12 @@ OVERRIDDEN_OR_CALLED = [
     "_getaddr", "_handle_client", "_set_post_data_state", "_create_envelope",
     "_call_handler_hook", "_reset_timeout", "_cb_client_connected",
     "check_helo_needed", "check_auth_needed", "handle_exception", "push", "smtp_DATA",
+    "challenge_auth",
 ]
 """Methods of aiosmtpd's SMTP that IngressSMTP overrides through ``super()`` or calls."""
 
 SESSION_STATE = ["_timeout_handle", "_handler_coroutine", "event_handler", "data_size_limit",
-                 "envelope", "session", "transport"]
+                 "envelope", "session", "transport", "_auth_methods"]
 """Attributes aiosmtpd's ``__init__`` sets that the ingress reads or writes."""
 
 
@@ -66,6 +67,18 @@ def test_the_methods_the_ingress_overrides_or_calls_are_aiosmtpds() -> None:
         "a@example.com", "SIZE=1")
     assert callable(aiosmtpd.smtp.syntax)
     assert aiosmtpd.smtp.MISSING is not None
+
+
+def test_the_auth_names_the_ingress_uses_are_aiosmtpds() -> None:
+    """`ingress.authenticating` answers AUTH in the handler's ``AUTH`` hook, which aiosmtpd
+    calls before its own mechanisms, sends LOGIN's two challenges and reads the session's
+    ``auth_data``; ``auth_require_tls`` is still a keyword of SMTP."""
+    assert isinstance(SMTP.AuthLoginUsernameChallenge, str)
+    assert isinstance(SMTP.AuthLoginPasswordChallenge, str)
+    assert "_call_handler_hook('AUTH', args)" in inspect.getsource(SMTP.smtp_AUTH)
+    assert "auth_require_tls" in inspect.signature(SMTP.__init__).parameters
+    session = aiosmtpd.smtp.Session(typing.cast(asyncio.AbstractEventLoop, None))
+    assert {"auth_data", "authenticated", "ssl", "peer"} <= set(vars(session))
 
 
 def test_the_class_attributes_the_ingress_overrides_are_aiosmtpds() -> None:
