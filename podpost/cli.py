@@ -47,6 +47,24 @@ def load_settings(overrides: dict[str, Any] | None = None) -> settings_mod.Setti
         raise typer.Exit(2) from None
 
 
+def check_ingress(cfg: settings_mod.Settings) -> None:
+    """What the ingress cannot start without, as a one-line error before anything runs:
+    a loadable certificate pair, an implicit-TLS port only with one, valid PROXY CIDRs."""
+    from ingress import tlsconfig
+    from ingress.rules import proxyheader
+
+    icfg = cfg.ingress
+    try:
+        tls = tlsconfig.load(icfg.tls_cert_file, icfg.tls_key_file)
+        if tls is None and icfg.tls_port:
+            raise tlsconfig.TLSError("PODPOST_INGRESS__TLS_PORT needs a certificate "
+                                     "(PODPOST_INGRESS__TLS_CERT_FILE and _KEY_FILE)")
+        proxyheader.networks(icfg.proxy_protocol_cidrs)
+    except (tlsconfig.TLSError, ValueError) as exc:
+        error(str(exc))
+        raise typer.Exit(2) from None
+
+
 def error(message: str) -> None:
     """One line on stderr: ``error: <message>`` (the message is never read as markup)."""
     err.print(f"[red]error:[/red] {escape(message)}")
@@ -63,6 +81,7 @@ def ingress(
     from podpost import process
 
     cfg = load_settings({"nats": {"url": nats_url}, "ingress": {"host": host, "port": port}})
+    check_ingress(cfg)
     process.run(cfg, {"ingress": ingress_main.serve})
 
 
@@ -136,6 +155,7 @@ def dev(
     if not Path(cfg.reconciler.file).is_file():
         error(f"policy file not found: {cfg.reconciler.file}")
         raise typer.Exit(2)
+    check_ingress(cfg)
     devmode.run(cfg, nats_port=nats_port, state_dir=state_dir, console=console_port != 0)
 
 
