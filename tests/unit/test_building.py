@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.rules import building, credentials
+from reconciler.rules import building, credentials, inventory
 from reconciler.rules import inputs as inputs_mod
 from schemas import names, resources, snapshot
 
@@ -495,3 +495,37 @@ def test_an_unreadable_ca_makes_the_server_and_its_policies_not_ready(
     assert condition(result, "EmailPolicy:app/web").reason == "ServerNotReady"
     assert result.snapshot.upstreams == {} and result.snapshot.policies == {}
     assert result.cas == {}
+
+
+# --- the ingress's policy fields ----------------------------------------------------------
+
+
+def test_client_credentials_become_verifiers_and_the_ingress_fields_pass_through() -> None:
+    """clientCredentials become the snapshot's logins as PBKDF2 verifiers (the password
+    is nowhere in the snapshot, a changed one changes the digest); requireTLS,
+    allowPlaintextAuth and rewriteSender reach the policy's view."""
+    spec = {"clientCredentials": [{"name": "login"}], "requireTLS": True,
+            "allowPlaintextAuth": True, "rewriteSender": "noreply@verified.example"}
+    result = build(policies=[policy("remote", **spec)], secrets=[secret()])
+    snap = result.snapshot
+    view = snap.policies["app/remote"]
+    assert (view.require_tls, view.allow_plaintext_auth, view.rewrite_sender) == (
+        True, True, "noreply@verified.example")
+    login = snap.logins["robot"]
+    assert login.policy == "app/remote"
+    assert login.verifier == snapshot.login_verifier(PASSWORD, login.salt, login.iterations)
+    assert PASSWORD.encode() not in snapshot.snapshot_encoder.encode(snap)
+    changed = build(policies=[policy("remote", **spec)], secrets=[secret(
+        string_data={"username": "robot", "password": "other"})])
+    assert changed.snapshot.digest != snap.digest
+    assert inventory.secret_refs([policy("remote", **spec)]) == {"app/login"}
+
+
+def test_a_username_two_policies_claim_makes_the_later_one_not_ready() -> None:
+    """Two policies whose clientCredentials share a username: the first (by key) keeps
+    it, the second is not Ready with LoginTaken."""
+    refs = {"clientCredentials": [{"name": "login"}]}
+    result = build(policies=[policy("a", **refs), policy("b", **refs)], secrets=[secret()])
+    assert result.snapshot.logins["robot"].policy == "app/a"
+    assert "app/b" not in result.snapshot.policies
+    assert condition(result, building.object_key("EmailPolicy", "app/b")).reason == "LoginTaken"
