@@ -6,10 +6,11 @@ it, or the pool delivers it to the upstream -> `classify` decides each recipient
 `settling` persists, then acks or naks, then reports.
 
 Nothing to try with (no snapshot yet, upstream, policy or login unknown) is a *hold*: a
-short nak that is not counted as an attempt. A mail whose body object is gone cannot be
-sent: `classify` dead-letters it (``failure="body"``) without an attempt. This module reads
-and decides; it acks nothing, writes nothing and reports nothing itself: what it learns
-goes to `settling`.
+short nak that is not counted as an attempt. So is a mail the operator held, whose
+upstream is suspended or that is being moved (`control`); that hold never dead-letters it.
+A mail whose body object is gone cannot be sent: `classify` dead-letters it
+(``failure="body"``) without an attempt. This module reads and decides; it acks nothing,
+writes nothing and reports nothing itself: what it learns goes to `settling`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from dispatcher import consumers, keyring, recording, settling
+from dispatcher import consumers, control, keyring, recording, settling
 from dispatcher.rules import backoff, classify, ledger
 from dispatcher.rules import outcome as outcome_mod
 from runtime import policies
@@ -55,6 +56,8 @@ class Context:
     pool: Deliverer
     stores: recording.Stores
     keyring: keyring.Keyring
+    control: control.Control | None = None
+    """The operator's steering (suspended upstreams, held mails); None: none."""
 
 
 def _now() -> datetime:
@@ -71,6 +74,13 @@ async def handle(ctx: Context, pair: consumers.Pair, msg: Msg) -> None:
         return
     structlog.contextvars.bind_contextvars(
         mail_id=env.id, policy=pair.policy, upstream=pair.upstream)
+    blocked = None if ctx.control is None else ctx.control.blocked(
+        env.id, pair.upstream, msg.metadata.sequence.stream, _now())
+    if blocked is not None:  # no record read, none written, no attempt, no expiry
+        await settling.settle(ctx.stores, settling.Mail(
+            msg=msg, envelope=env, record=mail.AttemptRecord(), had_record=False,
+            policy=pair.policy, upstream=pair.upstream), control.hold(blocked, env), _now())
+        return
     snap = ctx.holder.current
     view = snap.policies.get(pair.policy) if snap else None
     retry = backoff.effective(ctx.cfg.dispatcher.retry,

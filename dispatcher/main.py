@@ -1,9 +1,10 @@
 """The dispatcher role: wiring only.
 
-One connection, and in one TaskGroup: the policy snapshot poller, the SMTP pool's idle
+One connection, and in one TaskGroup: the policy snapshot poller, the CONTROL bucket's
+watcher (`control`: suspended upstreams, held mails), the SMTP pool's idle
 reaper, the consumer discovery that runs a `worker` per (upstream, policy) consumer and,
 when metrics are served, the consumer-lag `sampling`. Ready (``/readyz``) with a live
-connection and a snapshot.
+connection, a snapshot and the control state.
 On ``stop`` the workers stop fetching, finish what they hold within ``grace_s`` and
 cancel the rest; unacked messages are redelivered later, so nothing depends on this.
 """
@@ -15,7 +16,17 @@ import functools
 
 import structlog
 
-from dispatcher import consumers, delivery, keyring, pool, ratekv, recording, sampling, worker
+from dispatcher import (
+    consumers,
+    control,
+    delivery,
+    keyring,
+    pool,
+    ratekv,
+    recording,
+    sampling,
+    worker,
+)
 from dispatcher.rules import limiting
 from runtime import bus, health, policies
 from runtime import settings as settings_mod
@@ -31,6 +42,7 @@ async def serve(
     (by default the global one over the RATES bucket, `ratekv.KvLimiter`)."""
     async with bus.connect(cfg.nats, "dispatcher") as conn:
         holder = policies.SnapshotHolder(role="dispatcher")
+        steering = control.Control()
         stores = await recording.open_stores(conn)
         async with pool.Pool(cfg.dispatcher) as smtp_pool:
             shared = worker.Shared(
@@ -39,6 +51,7 @@ async def serve(
                     stores=stores,
                     keyring=keyring.Keyring(await bus.credentials_kv(conn),
                                             deadlines=conn.deadlines),
+                    control=steering,
                 ),
                 limiter=limiter or ratekv.KvLimiter(
                     await bus.rates_kv(conn), scale=cfg.dispatcher.rate_window_scale,
@@ -46,10 +59,11 @@ async def serve(
             )
             log.info("dispatcher.started", upstreams=cfg.dispatcher.upstreams or "all")
             ready = health.readiness.registered(
-                "dispatcher", health.connected(conn.nc), health.loaded(holder))
+                "dispatcher", health.connected(conn.nc), health.loaded(holder), steering.probe)
             with ready:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(holder.run(conn, stop))
+                    tg.create_task(steering.run(conn, stop))
                     tg.create_task(smtp_pool.run(stop))
                     tg.create_task(consumers.run(
                         conn, cfg, holder, functools.partial(worker.run, shared), stop))

@@ -58,9 +58,10 @@ async def open_stores(conn: bus.Conn) -> Stores:
 
 async def read(stores: Stores, msg: Msg, env: mail.Envelope) -> tuple[mail.AttemptRecord, bool]:
     """The stored attempt record and whether there is one, read only when there can be
-    one: the message was delivered before, or it is a replay (which has its own record).
+    one: the message was delivered before, it is a replay (which has its own record) or an
+    operator's copy (``moved_from``: queue retry/move, the record of the original).
     A record that does not decode counts as stored (it must be deleted at the end)."""
-    if env.replay_of is None and msg.metadata.num_delivered <= 1:
+    if env.replay_of is None and env.moved_from is None and msg.metadata.num_delivered <= 1:
         return mail.AttemptRecord(), False
     try:
         async with asyncio.timeout(stores.conn.deadlines.kv_s):

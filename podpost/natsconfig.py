@@ -6,10 +6,12 @@ logins, and only the reconciler can change what policy and credentials say:
 
 - ``ingress``: publish mail, store big bodies, emit events, read the POLICY snapshot.
 - ``dispatcher``: consume MAIL, publish dead letters, caught mail and events, read POLICY
-  and CREDENTIALS, read and write its own ATTEMPTS and RATES buckets, read and delete bodies.
+  and CREDENTIALS, read and write its own ATTEMPTS and RATES buckets, read and delete bodies,
+  watch (never write) the operator's CONTROL bucket.
 - ``reconciler``: owns the bus layout (the only role that may create or update streams and
   buckets) and is the only writer of POLICY and CREDENTIALS.
-- ``admin``: everything; for the operator's commands (``dlq``, ``trace``, ``status``).
+- ``admin``: everything; for the operator's commands (``dlq``, ``queue``, ``trace``,
+  ``status``); the only writer of CONTROL.
 
 Permissions name JetStream API subjects per stream (never ``$JS.API.>``), since one
 ``$JS.API.DIRECT.GET.KV_<credentials>`` would hand the logins to anyone. Replies come
@@ -201,9 +203,11 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
                 *_kv_keys(bus.attempts_bucket),
                 *_kv_read(rates), *_kv_write(rates), *_kv_keys(rates),
                 *_obj_read(bus.bodies_bucket), *_obj_put(bus.bodies_bucket),
+                *_kv_read(bus.control_bucket), *_kv_keys(bus.control_bucket),
             ]),
             subscribe_allow=(inbox,),
             publish_deny=_dedupe([*_kv_write(credentials), *_kv_write(policy),
+                                  *_kv_write(bus.control_bucket),
                                   *_manage(bus.owned_streams)]),
         )
     if role == "reconciler":

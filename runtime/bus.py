@@ -160,6 +160,14 @@ def kv_configs(bus: names.Bus, retention: names.Retention, replicas: int) -> lis
             storage=StorageType.FILE,
             replicas=replicas,
         ),
+        KeyValueConfig(
+            bucket=bus.control_bucket,
+            description="podpost: suspended upstreams, held mails, moves under way; "
+                        "written by podpost queue, watched by dispatchers",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
     ]
 
 
@@ -230,6 +238,10 @@ async def attempts_kv(conn: Conn) -> KeyValue:
 
 async def rates_kv(conn: Conn) -> KeyValue:
     return await conn.js.key_value(conn.names.rates_bucket)
+
+
+async def control_kv(conn: Conn) -> KeyValue:
+    return await conn.js.key_value(conn.names.control_bucket)
 
 
 async def bodies(conn: Conn) -> ObjectStore:

@@ -69,11 +69,56 @@ class Purged(Event, frozen=True, tag="purged", kw_only=True):
     dead_seq: int = 0
 
 
-AnyEvent = Accepted | Rejected | Attempted | Deferred | Delivered | Dead | Replayed | Purged
+# --- the operator's steering of the queue (``podpost queue``) -------------------------------
+
+
+class Held(Event, frozen=True, tag="held", kw_only=True):
+    """An operator held the mail: no dispatcher attempts it until it is released."""
+
+    reason: str = ""
+
+
+class Released(Event, frozen=True, tag="released", kw_only=True):
+    pass
+
+
+class Suspended(Event, frozen=True, tag="suspended", kw_only=True):
+    """An operator suspended ``upstream``; an upstream's event: ``mail_id`` is empty,
+    ``podpost trace`` shows it with the mails of that upstream."""
+
+    until: datetime | None = None
+    reason: str = ""
+
+
+class Resumed(Event, frozen=True, tag="resumed", kw_only=True):
+    """An upstream's event, as `Suspended`."""
+
+
+class Moved(Event, frozen=True, tag="moved", kw_only=True):
+    """A queued mail was copied to ``to_upstream`` and the original removed: ``queue
+    move``, or ``queue retry`` (``retry``: the same upstream, due now)."""
+
+    from_seq: int = 0
+    to_seq: int = 0
+    to_upstream: str = ""
+    retry: bool = False
+
+
+class Removed(Event, frozen=True, tag="removed", kw_only=True):
+    """A queued mail was purged from the MAIL stream by an operator (``queue purge``)."""
+
+    seq: int = 0
+
+
+AnyEvent = (Accepted | Rejected | Attempted | Deferred | Delivered | Dead | Replayed | Purged
+            | Held | Released | Suspended | Resumed | Moved | Removed)
 
 KINDS: tuple[str, ...] = (
     "accepted", "rejected", "attempted", "deferred", "delivered", "dead", "replayed", "purged",
+    "held", "released", "suspended", "resumed", "moved", "removed",
 )
+UPSTREAM_KINDS: tuple[str, ...] = ("suspended", "resumed")
+"""Events about an upstream rather than one mail (their ``mail_id`` is empty)."""
 
 event_encoder = msgspec.json.Encoder()
 event_decoder = msgspec.json.Decoder(AnyEvent)

@@ -44,6 +44,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     released_from: int | None = None
     """CAUGHT stream sequence this mail was released from (the web console's release of a
     caught mail to an upstream), if it was."""
+    moved_from: int | None = None
+    """MAIL stream sequence of the message this one is an operator's copy of (``queue
+    retry`` or ``queue move``): such a mail may have an attempt record already."""
 
 
 def attempts_key(envelope: Envelope) -> str:

@@ -103,6 +103,12 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
         """Per-policy rate-limit counters, one key per window (`schemas.rates`)."""
         return f"{self._upper}_RATES"
 
+    @property
+    def control_bucket(self) -> str:
+        """The operator's steering (`schemas.control`): suspended upstreams, held mails,
+        moves under way; written by ``podpost queue``, watched by every dispatcher."""
+        return f"{self._upper}_CONTROL"
+
     snapshot_key: str = "snapshot"
 
     @property
@@ -112,7 +118,7 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
             self.mail_stream, self.dead_stream, self.events_stream, self.caught_stream,
             kv_stream(self.policy_bucket), kv_stream(self.credentials_bucket),
             kv_stream(self.attempts_bucket), kv_stream(self.rates_bucket),
-            obj_stream(self.bodies_bucket),
+            obj_stream(self.bodies_bucket), kv_stream(self.control_bucket),
         )
 
     # subjects
@@ -172,6 +178,31 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
     def consumer_name(self, upstream: str, policy: str) -> str:
         """The durable consumer for one (upstream, policy) pair, shared by all dispatchers."""
         return f"out__{key_ident(upstream)}__{key_ident(policy)}"
+
+
+SUSPEND = "suspend."
+HOLD = "hold."
+MOVING = "moving."
+"""The key prefixes of the CONTROL bucket, one per kind of entry (`schemas.control`)."""
+_MAIL_ID_RE = re.compile(r"^[A-Za-z0-9_=-]{1,200}$")
+
+
+def suspend_key(upstream: str) -> str:
+    """``suspend.mail__relay``: the CONTROL key of an upstream's suspension."""
+    return SUSPEND + key_ident(upstream)
+
+
+def hold_key(mail_id: str) -> str:
+    """``hold.<mail id>``: the CONTROL key of a held mail (ingress mail ids are base32,
+    the ATTEMPTS bucket keys by them too)."""
+    if not _MAIL_ID_RE.match(mail_id):
+        raise InvalidKey(f"not a mail id usable as a key: {mail_id!r}")
+    return HOLD + mail_id
+
+
+def moving_key(seq: int) -> str:
+    """``moving.<MAIL sequence>``: the CONTROL key of a move under way."""
+    return f"{MOVING}{seq}"
 
 
 def kv_stream(bucket: str) -> str:

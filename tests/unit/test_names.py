@@ -49,7 +49,7 @@ def test_owned_streams_name_every_bucket_by_its_jetstream_stream() -> None:
     """The installation's streams include each KV bucket's and the object store's stream."""
     owned = BUS.owned_streams
     assert {"KV_PP_POLICY", "KV_PP_CREDENTIALS", "KV_PP_ATTEMPTS", "KV_PP_RATES",
-            "OBJ_PP_BODIES", BUS.mail_stream, BUS.dead_stream, BUS.events_stream,
+            "OBJ_PP_BODIES", "KV_PP_CONTROL", BUS.mail_stream, BUS.dead_stream, BUS.events_stream,
             BUS.caught_stream} == set(owned)
     assert len(owned) == len(set(owned))
 
