@@ -103,20 +103,24 @@ _mail_id_decoder = msgspec.json.Decoder(_MailIdOnly)
 
 async def history(conn: bus.Conn, mail_id: str, *, since: datetime | None = None
                   ) -> list[events.AnyEvent]:
-    """Every event of one mail, oldest first (`timeline.ordered`: by time, not by arrival).
-    Events are published per kind, not per mail, so this scans the stream; only the mail
-    id of each event is decoded until one matches."""
+    """Every event of one mail, oldest first (`timeline.ordered`: by time, not by arrival),
+    with its upstreams' suspensions and resumptions while it was queued
+    (`timeline.with_upstreams`). Events are published per kind, not per mail, so this
+    scans the stream; only the mail id of each event is decoded until one matches."""
     stored = await scanning.scan(conn, conn.names.events_stream, conn.names.events_filter(),
                         start_time=since)
     found: list[events.AnyEvent] = []
+    upstream_events: list[events.AnyEvent] = []
     for msg in stored:
         try:
-            if _mail_id_decoder.decode(msg.data).mail_id != mail_id:
-                continue
-            found.append(events.event_decoder.decode(msg.data))
+            of = _mail_id_decoder.decode(msg.data).mail_id
+            if of == mail_id:
+                found.append(events.event_decoder.decode(msg.data))
+            elif not of and msg.subject.rpartition(".")[2] in events.UPSTREAM_KINDS:
+                upstream_events.append(events.event_decoder.decode(msg.data))
         except msgspec.DecodeError:
             continue  # an event kind this version does not know
-    return timeline.ordered(found)
+    return timeline.with_upstreams(timeline.ordered(found), upstream_events)
 
 
 async def dead_letter_fates(conn: bus.Conn) -> list[events.Replayed | events.Purged]:

@@ -308,6 +308,157 @@ def dlq_purge(
               dry_run=dry_run, as_json=json_)
 
 
+# --- the live queue: podpost.commands.queue, admin.queueing ----------------------------------
+
+queue_app = typer.Typer(help="Mail waiting for delivery: list, show, retry now, hold, "
+                        "suspend an upstream, move, purge.", no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+QueueIds = Annotated[list[str] | None, typer.Argument(
+    help="MAIL stream sequences (the id column) or mail ids.", show_default=False)]
+QueueAll = Annotated[bool, typer.Option("--all", help="Every queued mail the filters keep.")]
+OlderThan = Annotated[str | None, typer.Option(
+    "--older-than", help="Only mail received longer ago than this (90s, 2h, 1d).")]
+State = Annotated[str | None, typer.Option(
+    "--state", help="Only mail in this state: waiting, deferred or held.")]
+
+
+def _where(upstream: str | None, policy: str | None, older_than: str | None,
+           state: str | None) -> Any:
+    from podpost.commands import queue
+
+    return queue.Where(upstream=upstream, policy=policy, older_than=older_than, state=state)
+
+
+@queue_app.command("list")
+def queue_list(
+    nats_url: NatsUrl = None, upstream: UpstreamKey = None, policy: PolicyKey = None,
+    older_than: OlderThan = None, state: State = None, json_: Json = False,
+) -> None:
+    """List queued mail in stream order: state, attempts, last reply, next attempt."""
+    from podpost.commands import queue
+
+    queue.list_(_nats(nats_url), _where(upstream, policy, older_than, state), as_json=json_)
+
+
+@queue_app.command("show")
+def queue_show(
+    mail: Annotated[str, typer.Argument(help="MAIL stream sequence (the id column) or mail id.")],
+    nats_url: NatsUrl = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Print the stored message as is.")] = False,
+    json_: Json = False,
+) -> None:
+    """Show one queued mail: its envelope, state and attempts."""
+    from podpost.commands import queue
+
+    queue.show(_nats(nats_url), mail, raw=raw, as_json=json_)
+
+
+@queue_app.command("retry")
+def queue_retry(
+    ids: QueueIds = None, every: QueueAll = False, nats_url: NatsUrl = None,
+    upstream: UpstreamKey = None, policy: PolicyKey = None, older_than: OlderThan = None,
+    json_: Json = False,
+) -> None:
+    """Make deferred mail due now (a copy is queued and the deferred original removed;
+    its attempt count goes on)."""
+    from podpost.commands import queue
+
+    queue.move(_nats(nats_url), ids or [], every=every,
+               where=_where(upstream, policy, older_than, None), to_upstream=None,
+               as_json=json_)
+
+
+@queue_app.command("hold")
+def queue_hold(
+    ids: QueueIds = None, every: QueueAll = False, nats_url: NatsUrl = None,
+    upstream: UpstreamKey = None, policy: PolicyKey = None, older_than: OlderThan = None,
+    state: State = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the record.")] = "",
+    json_: Json = False,
+) -> None:
+    """Hold mail: no dispatcher attempts it until it is released."""
+    from podpost.commands import queue
+
+    queue.hold(_nats(nats_url), ids or [], every=every,
+               where=_where(upstream, policy, older_than, state), reason=reason,
+               release=False, as_json=json_)
+
+
+@queue_app.command("release")
+def queue_release(
+    ids: QueueIds = None, every: QueueAll = False, nats_url: NatsUrl = None,
+    upstream: UpstreamKey = None, policy: PolicyKey = None, older_than: OlderThan = None,
+    json_: Json = False,
+) -> None:
+    """Release held mail: it is attempted again within seconds."""
+    from podpost.commands import queue
+
+    queue.hold(_nats(nats_url), ids or [], every=every,
+               where=_where(upstream, policy, older_than, None), reason="", release=True,
+               as_json=json_)
+
+
+@queue_app.command("suspend")
+def queue_suspend(
+    upstream: Annotated[str, typer.Argument(help="The upstream (ns/name).")],
+    nats_url: NatsUrl = None,
+    for_: Annotated[str | None, typer.Option(
+        "--for", help="Resume by itself after this long (30m, 2h); default: until resumed.")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the record.")] = "",
+    json_: Json = False,
+) -> None:
+    """Stop every dispatcher replica attempting an upstream; its mail waits (no attempt
+    is counted, nothing is dead-lettered for it)."""
+    from podpost.commands import queue
+
+    queue.suspend(_nats(nats_url), upstream, for_=for_, reason=reason, as_json=json_)
+
+
+@queue_app.command("resume")
+def queue_resume(
+    upstream: Annotated[str, typer.Argument(help="The upstream (ns/name).")],
+    nats_url: NatsUrl = None, json_: Json = False,
+) -> None:
+    """End an upstream's suspension: its mail is attempted again within seconds."""
+    from podpost.commands import queue
+
+    queue.resume(_nats(nats_url), upstream, as_json=json_)
+
+
+@queue_app.command("move")
+def queue_move(
+    to_upstream: Annotated[str, typer.Option(
+        "--to-upstream", help="Send to this upstream (ns/name) instead.")],
+    ids: QueueIds = None, every: QueueAll = False, nats_url: NatsUrl = None,
+    upstream: UpstreamKey = None, policy: PolicyKey = None, older_than: OlderThan = None,
+    state: State = None, json_: Json = False,
+) -> None:
+    """Move queued mail to another upstream: the copy is stored before the original is
+    removed; safe to interrupt and run again."""
+    from podpost.commands import queue
+
+    queue.move(_nats(nats_url), ids or [], every=every,
+               where=_where(upstream, policy, older_than, state), to_upstream=to_upstream,
+               as_json=json_)
+
+
+@queue_app.command("purge")
+def queue_purge(
+    ids: QueueIds = None, every: QueueAll = False, nats_url: NatsUrl = None,
+    upstream: UpstreamKey = None, policy: PolicyKey = None, older_than: OlderThan = None,
+    state: State = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before a bulk purge.")
+                   ] = False,
+    json_: Json = False,
+) -> None:
+    """Delete queued mail for good (asks first when more than one mail is chosen)."""
+    from podpost.commands import queue
+
+    queue.purge(_nats(nats_url), ids or [], every=every,
+                where=_where(upstream, policy, older_than, state), yes=yes, as_json=json_)
+
+
 @app.command()
 def trace(
     mail: Annotated[str, typer.Argument(help="The mail id (from `250 queued as <id>`).")],

@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from admin.rules import caughtmail, deadletters, statusreport
+from admin.rules import caughtmail, deadletters, queuedmail, statusreport
 from runtime import requeueing
 from schemas import durations, events, mail
 
@@ -171,6 +171,17 @@ def _detail(event: events.AnyEvent) -> str:
             return f"dead letter {event.dead_seq}{to}"
         case events.Purged():
             return f"dead letter {event.dead_seq}"
+        case events.Held():
+            return event.reason
+        case events.Suspended():
+            until = f"until {when(event.until)}" if event.until else "until resumed"
+            return f"{until}{'; ' + event.reason if event.reason else ''}"
+        case events.Moved():
+            if event.retry:
+                return f"retry now: message {event.from_seq} -> {event.to_seq}"
+            return f"to {event.to_upstream}: message {event.from_seq} -> {event.to_seq}"
+        case events.Removed():
+            return f"message {event.seq} purged from the queue"
     return ""
 
 
@@ -211,20 +222,25 @@ def status(report: statusreport.StatusReport) -> Table:
     for name in ("queued", "in flight", "deferred", "dead"):
         table.add_column(name, justify="right")
     table.add_column("rate limit", justify="right")
+    table.add_column("oldest", justify="right")
     for up in report.upstreams:
         label = Text(up.upstream, style="bold")
         if not up.known:
             label.append(" (not in snapshot)", style="yellow")
+        if up.suspended:
+            until = f" until {when(up.suspended_until)}" if up.suspended_until else ""
+            label.append(f" (suspended{until})", style="red")
         table.add_row(label, str(up.queued), str(up.in_flight), str(up.deferred),
-                      str(up.dead), "")
+                      str(up.dead), "",
+                      NONE if up.oldest_age_s is None else _short(up.oldest_age_s))
         for pol in up.policies:
             table.add_row(
                 Text("  " + pol.policy), str(pol.queued),
                 NONE if pol.in_flight is None else str(pol.in_flight), str(pol.deferred),
-                NONE if pol.dead is None else str(pol.dead), _rate(pol.ratelimit),
+                NONE if pol.dead is None else str(pol.dead), _rate(pol.ratelimit), "",
             )
     if not report.upstreams:
-        table.add_row(Text("(nothing known yet)", style="dim"), "", "", "", "", "")
+        table.add_row(Text("(nothing known yet)", style="dim"), "", "", "", "", "", "")
     return table
 
 
@@ -250,4 +266,83 @@ def purges(rows: Sequence[requeueing.Purge], *, dry_run: bool) -> Table:
         table.add_column(name, overflow="fold", justify="right" if name == "id" else "left")
     for row in rows:
         table.add_row(_cell(row.seq), _cell(row.mail_id), _cell(row.outcome), _cell(row.body))
+    return table
+
+
+# --- the live queue (``podpost queue``) -------------------------------------------------------
+
+
+def _state(item: queuedmail.QueuedItem) -> Text:
+    if item.state != queuedmail.HELD:
+        return Text(item.state)
+    return Text(f"held ({item.held_by})", style="yellow")
+
+
+def queue(items: Sequence[queuedmail.QueuedItem], now: datetime) -> Table:
+    table = Table(title=f"{len(items)} queued mail{'' if len(items) == 1 else 's'}",
+                  title_justify="left")
+    for name in ("id", "mail id", "policy", "upstream", "from", "to", "size", "age", "state",
+                 "tries", "last reply", "next attempt"):
+        table.add_column(name, overflow="fold",
+                         justify="right" if name in ("id", "size", "tries") else "left")
+    for item in items:
+        reply = " ".join(str(x) for x in (item.last_code, item.last_reply) if x)
+        next_at = item.next_attempt_at
+        table.add_row(
+            _cell(item.seq), _cell(item.mail_id), _cell(item.policy), _cell(item.upstream),
+            _cell(item.mail_from), _rcpts(item.rcpt_to), _cell(item.size),
+            Text(_short(item.age_s)), _state(item), _cell(item.attempts), _cell(reply),
+            Text(NONE if next_at is None else f"{when(next_at)} ({ago(now, next_at)})"),
+        )
+    return table
+
+
+def queued_mail(item: queuedmail.QueuedItem, env: mail.Envelope, now: datetime) -> Table:
+    """Everything about one queued mail, one field per line."""
+    return _fields(f"queued mail {item.seq}", [
+        ("mail id", item.mail_id),
+        ("state", _state(item)),
+        ("held", item.held_reason),
+        ("upstream", item.upstream),
+        ("policy", item.policy),
+        ("from", item.mail_from),
+        ("to", ", ".join(item.rcpt_to)),
+        ("received", f"{when(item.received_at)} ({_short(item.age_s)} ago)"),
+        ("attempts", item.attempts),
+        ("last attempt", when(item.last_attempt_at)),
+        ("last reply", " ".join(str(x) for x in (item.last_code, item.last_reply) if x)),
+        ("next attempt", when(item.next_attempt_at)),
+        ("client", " ".join(filter(None, [env.client_ip, env.source]))),
+        ("helo", env.helo),
+        ("size", f"{env.size} bytes"),
+        ("body", _body_location(env)),
+        ("replay of", env.replay_of),
+        ("moved from", env.moved_from),
+    ])
+
+
+def queue_actions(rows: Sequence[queuedmail.Action], verb: str) -> Table:
+    table = Table(title=f"{verb} {len(rows)} mail{'' if len(rows) == 1 else 's'}",
+                  title_justify="left")
+    for name in ("id", "mail id", "policy", "upstream", "outcome", "new id"):
+        table.add_column(name, overflow="fold", justify="right" if "id" == name else "left")
+    for row in rows:
+        route = row.upstream if row.to_upstream in (None, row.upstream) else (
+            f"{row.upstream} -> {row.to_upstream}")
+        table.add_row(_cell(row.seq), _cell(row.mail_id), _cell(row.policy), Text(route),
+                      _cell(row.outcome), _cell(row.to_seq))
+    return table
+
+
+def suspensions(items: Sequence[queuedmail.SuspensionItem]) -> Table:
+    table = Table(title=f"{len(items)} suspended upstream{'' if len(items) == 1 else 's'}",
+                  title_justify="left")
+    for name in ("upstream", "since", "until", "reason"):
+        table.add_column(name, overflow="fold")
+    for item in items:
+        until = "resumed by hand" if item.until is None else when(item.until)
+        if not item.active:
+            until += " (over)"
+        table.add_row(_cell(item.upstream), Text(when(item.since)), Text(until),
+                      _cell(item.reason))
     return table

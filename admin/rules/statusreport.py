@@ -12,7 +12,7 @@ from datetime import datetime
 
 import msgspec
 
-from schemas import mail, names, snapshot
+from schemas import control, mail, names, snapshot
 
 
 class RateUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,6 +49,13 @@ class UpstreamStatus(msgspec.Struct, frozen=True, kw_only=True):
     known: bool = True
     """Whether the current snapshot names this upstream (the catcher always counts)."""
     policies: list[PolicyStatus] = []
+    suspended: bool = False
+    """An operator suspended it (``podpost queue suspend``): nothing is attempted."""
+    suspended_until: datetime | None = None
+    suspended_reason: str = ""
+    oldest_at: datetime | None = None
+    """When the first mail in its line was received (None: nothing queued)."""
+    oldest_age_s: float | None = None
 
 
 class SnapshotStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,3 +185,25 @@ def _rate(snap: snapshot.PolicySnapshot | None, policy: str,
         return None
     return RateUsage(maximum=view.ratelimit.maximum, period_s=view.ratelimit.period_s,
                      used=None if rate_used is None else rate_used.get(policy, 0))
+
+
+def with_queue(report: StatusReport, suspensions: Sequence[control.Suspension],
+               oldest: Mapping[str, datetime]) -> StatusReport:
+    """The report with each upstream's suspension (those in force) and its oldest mail;
+    a suspended upstream that has no row yet gets one."""
+    by_upstream = {s.upstream: s for s in suspensions
+                   if s.until is None or report.at < s.until}
+    rows = {row.upstream: row for row in report.upstreams}
+    for upstream in by_upstream:
+        rows.setdefault(upstream, UpstreamStatus(upstream=upstream, known=False))
+    out: list[UpstreamStatus] = []
+    for upstream, row in sorted(rows.items()):
+        suspension = by_upstream.get(upstream)
+        at = oldest.get(upstream) if row.queued else None
+        out.append(msgspec.structs.replace(
+            row, suspended=suspension is not None,
+            suspended_until=suspension.until if suspension else None,
+            suspended_reason=suspension.reason if suspension else "",
+            oldest_at=at,
+            oldest_age_s=None if at is None else max(0.0, (report.at - at).total_seconds())))
+    return msgspec.structs.replace(report, upstreams=out)

@@ -10,14 +10,15 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from schemas import events
 
 LIFE: dict[str, int] = {
-    "rejected": 0, "accepted": 1, "attempted": 2, "deferred": 3,
-    "delivered": 4, "dead": 4, "replayed": 5, "purged": 6,
+    "rejected": 0, "accepted": 1, "suspended": 2, "resumed": 2, "held": 2, "released": 2,
+    "moved": 2, "attempted": 3, "deferred": 4, "delivered": 5, "dead": 5, "removed": 5,
+    "replayed": 6, "purged": 7,
 }
 """Rank of each kind in a mail's life: a refusal comes before the transaction that was
 accepted, an attempt before its outcome, a dead letter before its replay or purge.
@@ -31,3 +32,23 @@ def sort_key(event: events.AnyEvent) -> tuple[datetime, int]:
 def ordered(history: Iterable[events.AnyEvent]) -> list[events.AnyEvent]:
     """The events by time, ties by `LIFE`, then in the order given (a stable sort)."""
     return sorted(history, key=sort_key)
+
+
+def with_upstreams(history: Sequence[events.AnyEvent],
+                   upstream_events: Iterable[events.AnyEvent]) -> list[events.AnyEvent]:
+    """A mail's ``history`` (ordered) with the events of its upstreams (``suspended``,
+    ``resumed``: they name no mail) that fall between its first and last event, and the
+    last one before its first event when that was a suspension still in force."""
+    if not history:
+        return []
+    ups = {event.upstream for event in history} | {
+        event.to_upstream for event in history if isinstance(event, events.Moved)}
+    first, last = history[0].at, history[-1].at
+    mine = ordered(e for e in upstream_events if e.upstream in ups)
+    during = [e for e in mine if first <= e.at <= last]
+    before: dict[str, events.AnyEvent] = {}
+    for event in mine:
+        if event.at < first:
+            before[event.upstream] = event
+    standing = [e for e in before.values() if isinstance(e, events.Suspended)]
+    return ordered([*history, *standing, *during])

@@ -1,5 +1,6 @@
 """``podpost status``: per upstream and policy, what is queued, in flight, deferred and
-dead, and how old the policy snapshot is.
+dead, each upstream's oldest mail and whether it is suspended, and how old the policy
+snapshot is.
 
 `gather` is the one place that collects the figures, so a new section (say, the rate
 limiter's window usage per policy) is added there and shows in the table and the JSON.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from admin import inspecting
+from admin import inspecting, queueing
 from admin.rules import statusreport
 from podpost import tables
 from podpost.commands import running
@@ -19,7 +20,11 @@ from runtime import settings as settings_mod
 
 async def gather(conn: bus.Conn, now: datetime) -> statusreport.StatusReport:
     """Every figure ``status`` shows."""
-    return await inspecting.status(conn, now)
+    report = await inspecting.status(conn, now)
+    steer = await queueing.steering(conn)
+    oldest = await queueing.oldest_received(
+        conn, [row.upstream for row in report.upstreams if row.queued])
+    return statusreport.with_queue(report, list(steer.suspended.values()), oldest)
 
 
 def status(cfg: settings_mod.Settings, *, as_json: bool) -> None:
