@@ -8,9 +8,10 @@ watch's latency, milliseconds. A mail that may not be tried is a *hold* for the 
 (`delivery`): a short ``nak`` that counts no attempt, writes nothing and never
 dead-letters the mail, whatever its age (docs: README, "Operating the queue").
 
-Why the hold is a nak of `HOLD_DELAY_S` and not longer: a nak's delay cannot be shortened
-from outside JetStream, so the delay is how late a ``resume`` or ``release`` can take
-effect. A suspension with an end (``--for``) is held no longer than until that end.
+Why the hold is a nak of ``dispatcher.hold_delay_s`` (5 s) and not longer: a nak's delay
+cannot be shortened from outside JetStream, so the delay is how late a ``resume`` or
+``release`` can take effect. A suspension with an end (``--for``) is held no longer than
+until that end.
 
 Until the first full read of the bucket, nothing is tried (`UNLOADED_DELAY_S`): a
 dispatcher that starts while an upstream is suspended must not attempt it once. A watch
@@ -39,8 +40,9 @@ from schemas import control, mail, names
 log = structlog.get_logger("dispatcher.control")
 
 HOLD_DELAY_S = 5.0
-"""The nak delay of a held or suspended mail: a resume or release takes effect within
-this long. Each held mail comes back this often (a fetch, a decode, a nak: cheap)."""
+"""The nak delay of a held or suspended mail (``dispatcher.hold_delay_s``): a resume or
+release takes effect within this long. Each held mail comes back this often (a fetch, a
+decode, a nak: cheap)."""
 UNLOADED_DELAY_S = 1.0
 """The nak delay before the control state was read once."""
 WATCH_POLL_S = 1.0
@@ -76,6 +78,8 @@ class State:
     suspended: dict[str, control.Suspension] = field(default_factory=dict)
     held: dict[str, control.Hold] = field(default_factory=dict)
     moving: dict[int, control.Moving] = field(default_factory=dict)
+    delay_s: float = HOLD_DELAY_S
+    """How long a blocked mail waits before it is looked at again."""
 
     def apply(self, key: str, value: bytes | None) -> bool:
         """One entry stored (``value``) or deleted (None); False when the key or value is
@@ -111,27 +115,28 @@ class State:
         tried at ``now``; None when it may."""
         moving = self.moving.get(seq)
         if moving is not None:
-            return Blocked(f"being moved to {moving.to_upstream}", HOLD_DELAY_S)
+            return Blocked(f"being moved to {moving.to_upstream}", self.delay_s)
         hold = self.held.get(mail_id)
         if hold is not None:
-            return Blocked("held" + (f": {hold.reason}" if hold.reason else ""), HOLD_DELAY_S)
+            return Blocked("held" + (f": {hold.reason}" if hold.reason else ""), self.delay_s)
         suspension = self.suspended.get(upstream)
         if suspension is None:
             return None
         reason = "upstream suspended" + (f": {suspension.reason}" if suspension.reason else "")
         if suspension.until is None:
-            return Blocked(reason, HOLD_DELAY_S)
+            return Blocked(reason, self.delay_s)
         left = (suspension.until - now).total_seconds()
         if left <= 0:
             return None
-        return Blocked(reason, min(HOLD_DELAY_S, left))
+        return Blocked(reason, min(self.delay_s, left))
 
 
 class Control:
     """The state of the CONTROL bucket, kept current by `run`."""
 
-    def __init__(self) -> None:
-        self.state = State()
+    def __init__(self, delay_s: float = HOLD_DELAY_S) -> None:
+        self.delay_s = delay_s
+        self.state = State(delay_s=delay_s)
         self.loaded = asyncio.Event()
         """Set once the bucket was read in full."""
 
@@ -161,7 +166,7 @@ class Control:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(WATCH_POLL_S * 5):
             watcher = await kv.watchall()
-        fresh: State | None = State()
+        fresh: State | None = State(delay_s=self.delay_s)
         try:
             while not stop.is_set() and loop.time() < until:
                 try:

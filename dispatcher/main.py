@@ -42,7 +42,7 @@ async def serve(
     (by default the global one over the RATES bucket, `ratekv.KvLimiter`)."""
     async with bus.connect(cfg.nats, "dispatcher") as conn:
         holder = policies.SnapshotHolder(role="dispatcher")
-        steering = control.Control()
+        steering = control.Control(cfg.dispatcher.hold_delay_s)
         stores = await recording.open_stores(conn)
         async with pool.Pool(cfg.dispatcher) as smtp_pool:
             shared = worker.Shared(

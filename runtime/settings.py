@@ -147,6 +147,10 @@ class DispatcherSettings(_Section, frozen=True, kw_only=True):
     ``..MAX_AGE_S``); a policy's ``spec.retry`` overrides it field by field."""
     rate_window_scale: float = 1.0
     """Multiplies rate-limit periods; tests shrink a minute to seconds with it."""
+    hold_delay_s: float = 5.0
+    """Seconds a held mail, or one of a suspended upstream, waits before it is looked at
+    again (a nak's delay cannot be shortened): how late a ``podpost queue resume`` or
+    ``release`` takes effect at most. Each held mail comes back this often."""
 
 
 class ReconcilerSettings(_Section, frozen=True, kw_only=True):

@@ -231,15 +231,19 @@ def purge(cfg: settings_mod.Settings, texts: Sequence[str], *, every: bool, wher
 
 
 async def _confirm(question: str) -> None:
-    """Ask on stderr, read the answer from stdin; anything but yes stops the command."""
+    """Ask on a terminal; else read the answer from stdin without asking (a script may
+    pipe ``y``). Anything but yes stops the command."""
     def ask() -> bool:
-        try:
-            return typer.confirm(question, err=True)
-        except typer.Abort:  # stdin closed: nobody to ask
-            return False
+        if sys.stdin.isatty():
+            try:
+                return typer.confirm(question, err=True)
+            except typer.Abort:
+                return False
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
 
     if not await asyncio.to_thread(ask):
-        raise running.Failure("not confirmed: nothing purged (add --yes to skip the question)")
+        raise running.Failure(f"not confirmed: {question.rstrip('?')}? Nothing purged "
+                              "(answer y, or add --yes)")
 
 
 async def _check_upstream(conn: bus.Conn, upstream: str, option: str) -> None:

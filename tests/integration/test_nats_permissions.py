@@ -199,6 +199,35 @@ async def test_dispatcher_reads_credentials_but_cannot_write_policy_or_credentia
         await owner.nc.close()
 
 
+async def test_the_admin_steers_the_queue_and_dispatchers_only_watch_it(
+    secured: Secured,
+) -> None:
+    """The operator (admin) writes the CONTROL bucket; a dispatcher reads and watches it
+    (the change arrives) but writing or deleting an entry is refused, as it is for the
+    ingress."""
+    owner = await _owner_setup(secured)
+    ctl = BUS.control_bucket
+    key = names.suspend_key("mail/relay")
+    admin = await bus.open_connection(secured.settings("admin"), "admin", attempts=1)
+    try:
+        async with raw(secured, "dispatcher") as disp:
+            kv = await disp.js.key_value(ctl)
+            watcher = await kv.watchall()
+            assert await watcher.updates(timeout=5) is None  # the (empty) replay is done
+            await (await bus.control_kv(admin)).put(key, b'{"upstream": "mail/relay"}')
+            entry = await watcher.updates(timeout=5)
+            assert (entry.key, entry.value) == (key, b'{"upstream": "mail/relay"}')
+            await watcher.stop()
+            assert (await kv.get(key)).value == entry.value
+            await disp.refused(lambda: kv.put(key, b"{}"), f'Publish to "$KV.{ctl}.{key}"')
+            await disp.refused(lambda: kv.delete(key), f'Publish to "$KV.{ctl}.{key}"')
+        async with raw(secured, "ingress") as ing:
+            await ing.refused(lambda: _put(ing, ctl), f'Publish to "$KV.{ctl}.k"')
+    finally:
+        await admin.nc.close()
+        await owner.nc.close()
+
+
 async def test_the_reconciler_writes_both_buckets_but_sends_no_mail(secured: Secured) -> None:
     """The reconciler owns POLICY and CREDENTIALS, and nothing of the mail path."""
     owner = await _owner_setup(secured)

@@ -44,16 +44,17 @@ def environment(nats_url: str) -> dict[str, str]:
 
 
 async def podpost(nats_url: str, *args: str, timeout_s: float = 30.0,
-                  env: Mapping[str, str] | None = None) -> Result:
-    """``podpost ARGS`` against ``nats_url`` (``env`` on top of `environment`); killed if
-    it outlives ``timeout_s``."""
+                  env: Mapping[str, str] | None = None, stdin: bytes | None = None) -> Result:
+    """``podpost ARGS`` against ``nats_url`` (``env`` on top of `environment`, ``stdin``
+    piped in, else none); killed if it outlives ``timeout_s``."""
     proc = await asyncio.create_subprocess_exec(
-        str(PODPOST), *args, stdin=asyncio.subprocess.DEVNULL,
+        str(PODPOST), *args,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**environment(nats_url), **(env or {})})
     try:
         async with asyncio.timeout(timeout_s):
-            stdout, stderr = await proc.communicate()
+            stdout, stderr = await proc.communicate(stdin)
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
