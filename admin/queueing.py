@@ -28,7 +28,10 @@ and safe to repeat, per message, in this order:
 
 Killed anywhere, the original is either still queued under its ``moving`` entry (held,
 so never sent alongside its copy) or gone; the next ``move`` or ``retry`` first finishes
-every interrupted move (`finish_interrupted`) with the target and id it recorded.
+every interrupted move (`finish_interrupted`) with the target and id it recorded, and does
+not store the copy again when one (``moved_from`` = the original) is still queued, even
+past the duplicate window. A copy already delivered and an original still queued after
+more than the window (an hour) would be sent again: run an interrupted move again soon.
 
 Why retry-now is a move: a deferred mail sits in JetStream nak'ed with a delay, and a nak's
 delay cannot be shortened from outside the server. A "retry now" mark in CONTROL would only
@@ -269,28 +272,33 @@ async def _delete_queued(conn: bus.Conn, seq: int) -> bool:
 
 
 async def _move_one(conn: bus.Conn, queued: Queued, to_upstream: str, msg_id: str,
-                    now: datetime) -> queuedmail.Action:
-    """Steps 1-4 of the module docstring for one message."""
+                    now: datetime, *, copied: int | None = None) -> queuedmail.Action:
+    """Steps 1-4 of the module docstring for one message; ``copied``: the MAIL sequence
+    of its copy when an interrupted run stored one that is still queued (found by its
+    ``moved_from``, which holds past the duplicate window too): it is not stored again."""
     item, env = queued.item, queued.envelope
-    await _put(conn, names.moving_key(item.seq), control.Moving(
-        seq=item.seq, mail_id=item.mail_id, to_upstream=to_upstream, msg_id=msg_id, since=now))
-    copy = queuedmail.moved_envelope(env, item.seq, to_upstream)
-    async with asyncio.timeout(conn.deadlines.publish_s):
-        ack = await conn.js.publish(conn.names.mail_subject(to_upstream, env.policy),
-                                    mail.envelope_encoder.encode(copy),
-                                    headers={"Nats-Msg-Id": msg_id})
-    retry = to_upstream == env.upstream
-    if not ack.duplicate:
+    duplicate, to_seq = True, copied
+    if copied is None:
+        await _put(conn, names.moving_key(item.seq), control.Moving(
+            seq=item.seq, mail_id=item.mail_id, to_upstream=to_upstream, msg_id=msg_id,
+            since=now))
+        copy = queuedmail.moved_envelope(env, item.seq, to_upstream)
+        async with asyncio.timeout(conn.deadlines.publish_s):
+            ack = await conn.js.publish(conn.names.mail_subject(to_upstream, env.policy),
+                                        mail.envelope_encoder.encode(copy),
+                                        headers={"Nats-Msg-Id": msg_id})
+        duplicate, to_seq = bool(ack.duplicate), ack.seq
+    if not duplicate:
         await eventing.emit(conn, events.Moved(
             mail_id=item.mail_id, at=now, policy=item.policy, upstream=item.upstream,
-            from_seq=item.seq, to_seq=ack.seq, to_upstream=to_upstream, retry=retry))
-    outcome = "moved" if not ack.duplicate else "already-moved"
-    if not await _delete_queued(conn, item.seq) and not ack.duplicate:
-        await _delete_queued(conn, ack.seq)  # the original was settled meanwhile
-        outcome = "gone"
+            from_seq=item.seq, to_seq=to_seq or 0, to_upstream=to_upstream,
+            retry=to_upstream == env.upstream))
+    outcome = "already-moved" if duplicate else "moved"
+    if not await _delete_queued(conn, item.seq) and not duplicate and to_seq is not None:
+        await _delete_queued(conn, to_seq)  # the original was settled meanwhile
+        outcome, to_seq = "gone", None
     await _delete(conn, names.moving_key(item.seq))
-    return _action(item, outcome, to_upstream=to_upstream,
-                   to_seq=None if outcome == "gone" else ack.seq)
+    return _action(item, outcome, to_upstream=to_upstream, to_seq=to_seq)
 
 
 async def finish_interrupted(conn: bus.Conn, queue: Queue, now: datetime
@@ -298,13 +306,16 @@ async def finish_interrupted(conn: bus.Conn, queue: Queue, now: datetime
     """Finish every move a killed run left behind (its ``moving`` entry still stored) with
     the target and id it recorded; forget the entries whose original is gone."""
     present = queue.by_seq()
+    copies = {(q.envelope.moved_from, q.envelope.upstream): q.item.seq for q in queue.found
+              if q.envelope.moved_from is not None}
     rows: list[queuedmail.Action] = []
     for seq, moving in sorted(queue.steer.moving.items()):
         queued = present.get(seq)
         if queued is None:
             await _delete(conn, names.moving_key(seq))
             continue
-        rows.append(await _move_one(conn, queued, moving.to_upstream, moving.msg_id, now))
+        rows.append(await _move_one(conn, queued, moving.to_upstream, moving.msg_id, now,
+                                    copied=copies.get((seq, moving.to_upstream))))
     return rows
 
 

@@ -52,13 +52,14 @@ async def test_listing_leaves_the_dispatchers_consumer_untouched(
         await sub.unsubscribe()
 
 
-@pytest.mark.parametrize("crashed_after", ["intent", "copy", "delete"])
+@pytest.mark.parametrize("crashed_after", ["intent", "copy", "copy-past-window", "delete"])
 async def test_a_move_interrupted_after_each_step_is_finished_by_the_next_run(
     conn: bus.Conn, crashed_after: str
 ) -> None:
     """A killed move leaves its ``moving`` entry and, depending on the step, the copy or
     not and the original or not; the next run stores exactly one copy on the target,
-    removes the original and the entry."""
+    removes the original and the entry (also when the copy was stored longer ago than
+    the duplicate window: it is found by its ``moved_from``)."""
     env, other = await _queued(conn, 2)
     queue = await queueing.read(conn, datetime.now(UTC))
     seq = queue.found[0].item.seq
@@ -66,11 +67,12 @@ async def test_a_move_interrupted_after_each_step_is_finished_by_the_next_run(
     kv = await bus.control_kv(conn)
     await kv.put(names.moving_key(seq), control.encoder.encode(control.Moving(
         seq=seq, mail_id=env.id, to_upstream=OTHER, msg_id=msg_id, since=datetime.now(UTC))))
-    if crashed_after in ("copy", "delete"):
+    if crashed_after != "intent":
+        window_over = crashed_after == "copy-past-window"  # the server forgot the id
         await conn.js.publish(conn.names.mail_subject(OTHER, env.policy),
                               mail.envelope_encoder.encode(
                                   queuedmail.moved_envelope(env, seq, OTHER)),
-                              headers={"Nats-Msg-Id": msg_id})
+                              headers=None if window_over else {"Nats-Msg-Id": msg_id})
     if crashed_after == "delete":
         await conn.js.delete_msg(conn.names.mail_stream, seq)
 
@@ -83,6 +85,7 @@ async def test_a_move_interrupted_after_each_step_is_finished_by_the_next_run(
     assert [r.outcome for r in rows] == (
         [] if crashed_after == "delete" else
         ["moved"] if crashed_after == "intent" else ["already-moved"])
+    assert all(r.to_seq is not None for r in rows)
 
     final = await queueing.read(conn, datetime.now(UTC))
     by_upstream = sorted((q.item.upstream, q.item.mail_id, q.envelope.moved_from)
