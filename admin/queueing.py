@@ -50,9 +50,8 @@ from datetime import datetime
 import msgspec
 import nats.js.errors
 
-from admin import purging
 from admin.rules import queuedmail
-from runtime import bus, eventing, scanning
+from runtime import bus, eventing, requeueing, scanning
 from schemas import control, events, mail, names
 
 WALKERS = 8
@@ -271,6 +270,23 @@ async def _delete_queued(conn: bus.Conn, seq: int) -> bool:
         raise
 
 
+async def _carry_record(conn: bus.Conn, old: str, new: str) -> None:
+    """The attempt record under the copy's key too, when the move changes the key (a
+    caught mail released to an upstream keys its record by that upstream), so the copy
+    goes on counting and never sends to a settled recipient again."""
+    if old == new:
+        return
+    attempts = await bus.attempts_kv(conn)
+    try:
+        async with asyncio.timeout(conn.deadlines.kv_s):
+            entry = await attempts.get(old)
+    except nats.js.errors.KeyNotFoundError:
+        return
+    if entry.value:
+        async with asyncio.timeout(conn.deadlines.kv_s):
+            await attempts.put(new, entry.value)
+
+
 async def _move_one(conn: bus.Conn, queued: Queued, to_upstream: str, msg_id: str,
                     now: datetime, *, copied: int | None = None) -> queuedmail.Action:
     """Steps 1-4 of the module docstring for one message; ``copied``: the MAIL sequence
@@ -283,6 +299,7 @@ async def _move_one(conn: bus.Conn, queued: Queued, to_upstream: str, msg_id: st
             seq=item.seq, mail_id=item.mail_id, to_upstream=to_upstream, msg_id=msg_id,
             since=now))
         copy = queuedmail.moved_envelope(env, item.seq, to_upstream)
+        await _carry_record(conn, mail.attempts_key(env), mail.attempts_key(copy))
         async with asyncio.timeout(conn.deadlines.publish_s):
             ack = await conn.js.publish(conn.names.mail_subject(to_upstream, env.policy),
                                         mail.envelope_encoder.encode(copy),
@@ -369,6 +386,6 @@ async def purge(conn: bus.Conn, queue: Queue, chosen: Sequence[Queued], *, now: 
                 await attempts.delete(key)
         except nats.js.errors.NotFoundError:
             continue
-    await purging.release_bodies(conn, [q.item.body_object for q in chosen
+    await requeueing.release_bodies(conn, [q.item.body_object for q in chosen
                                         if q.item.body_object is not None])
     return rows

@@ -100,6 +100,8 @@ class QueuedItem(msgspec.Struct, frozen=True, kw_only=True):
     moved_from: int | None = None
     body_object: str | None = None
     """Name of the body in the BODIES object store; None when the body is inline."""
+    record_key: str = ""
+    """Its key in the ATTEMPTS bucket (`mail.attempts_key`)."""
 
 
 def queued_item(seq: int, env: mail.Envelope, record: mail.AttemptRecord | None,
@@ -129,6 +131,7 @@ def queued_item(seq: int, env: mail.Envelope, record: mail.AttemptRecord | None,
         next_attempt_at=None if state == WAITING else next_at,
         replay_of=env.replay_of, moved_from=env.moved_from,
         body_object=env.body_ref.name if env.body_ref else None,
+        record_key=mail.attempts_key(env),
     )
 
 
@@ -221,9 +224,4 @@ def orphaned_records(purged: Iterable[QueuedItem], left: Iterable[mail.Envelope]
     """Attempt record keys of the purged mails that no message still queued shares: what
     a purge may delete."""
     still = {mail.attempts_key(env) for env in left}
-    return {key for key in (record_key(item) for item in purged) if key not in still}
-
-
-def record_key(item: QueuedItem) -> str:
-    """The ATTEMPTS key of a row's mail (`mail.attempts_key`)."""
-    return item.mail_id if item.replay_of is None else f"{item.mail_id}.r{item.replay_of}"
+    return {item.record_key for item in purged if item.record_key not in still}

@@ -22,7 +22,7 @@ from admin import inspecting, queueing
 from admin.rules import identifiers, queuedmail
 from podpost import tables
 from podpost.commands import running
-from runtime import bus
+from runtime import bus, mailstore
 from runtime import settings as settings_mod
 from schemas import names
 
@@ -110,8 +110,8 @@ def show(cfg: settings_mod.Settings, mail_id: str, *, raw: bool, as_json: bool) 
             found = _choose(queue, ids, queuedmail.Filter())
             if raw:
                 try:
-                    data = await inspecting.body(conn, found[0].envelope)
-                except inspecting.BodyMissing as exc:
+                    data = await mailstore.body(conn, found[0].envelope)
+                except mailstore.BodyMissing as exc:
                     raise running.Failure(str(exc)) from None
                 sys.stdout.buffer.write(data)
                 sys.stdout.flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from admin import queueing
@@ -92,3 +93,21 @@ async def test_a_move_interrupted_after_each_step_is_finished_by_the_next_run(
                          for q in final.found)
     assert by_upstream == sorted([(OTHER, env.id, seq), (UP, other.id, None)])
     assert final.steer.moving == {}
+
+
+async def test_a_move_that_changes_the_attempts_key_carries_the_record(conn: bus.Conn) -> None:
+    """A caught mail released to an upstream keys its attempt record by that upstream;
+    moving it elsewhere stores the record under the copy's key too, so the copy keeps
+    its count and its settled recipients."""
+    policy = d.policy_view("apps/web", UP)
+    env = d.envelope(policy, ["a@example.org", "b@example.org"], released_from=4)
+    await d.queue(conn, env)
+    record = mail.AttemptRecord(attempts=2, done=["a@example.org"])
+    attempts = await bus.attempts_kv(conn)
+    await attempts.put(mail.attempts_key(env), msgspec.json.encode(record))
+    queue = await queueing.read(conn, datetime.now(UTC))
+    rows = await queueing.move(conn, queue.found, to_upstream=OTHER, now=datetime.now(UTC))
+    assert [r.outcome for r in rows] == ["moved"]
+    (moved,) = (await queueing.read(conn, datetime.now(UTC))).found
+    assert mail.attempts_key(moved.envelope) != mail.attempts_key(env)
+    assert (moved.item.attempts, moved.item.rcpt_to) == (2, ["b@example.org"])
