@@ -1,41 +1,57 @@
-"""Snapshot build and publish at cluster scale: 10,000 pods and 1,000 policies by default.
+"""Policy at Kubernetes' scale: 10,000 to 150,000 pods and 10,000 policies.
 
 The cluster is synthetic but shaped like a real one: namespaces with a handful of apps,
 each app a Deployment's worth of pods carrying the usual labels, one EmailPolicy per app
 (some with ``matchExpressions``), a default policy per namespace, SMTPServers in one
 namespace and one credentials Secret per namespace. Pods enter as the JSON the API server
-sends, through the same decoding and inventory the kubernetes source uses, so "ingest" is
-what a full relist costs. Then it times the build (pods -> endpoints -> snapshot), the
-first publish to a real nats-server (snapshot and credentials) and a second publish after
-one pod changed, and prints the snapshot's size against NATS's 1 MiB max payload.
+sends, through the same decoding and inventory the kubernetes source uses.
 
-    .venv/bin/python bench/snapshot_build.py [--pods 10000] [--policies 1000]
+For each size it prints one row of docs/kubernetes.md's "Scale" table:
+
+- full relist: decoding every object as a relist does, then the incremental build from
+  nothing (`reconciler.cycle.build_incremental`), which is what a restarted reconciler
+  does; wall time and the process's CPU time (the machine is shared);
+- a pod change (a pod restarted with a new address) until an ingress's copy of the ROUTES
+  bucket holds it, p50/p99 over ``--changes`` changes: the reconciler's debounce, its cycle
+  (sync, build, publish to a real nats-server) and the reader's 0.25 s poll, in one process;
+- the reconciler's cost per change (the cycle without the debounce; wall time, and the
+  process's CPU time, which a busy shared machine does not inflate) and the bytes of route
+  values it publishes;
+- the memory the routes take in an ingress (`routing.Table`, measured with tracemalloc
+  after a full read of the bucket), and how long that full read takes.
+
+Routes are published with ``snapshot_routes_max=0``: the configuration once every reader
+knows the ROUTES bucket (docs/kubernetes.md, "Rolling upgrade").
+
+    .venv/bin/python bench/snapshot_build.py [--pods 10000 100000 150000] [--policies 10000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import sys
 import tempfile
 import time
-import zlib
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats.errors
+import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ingress.rules import routing  # noqa: E402
 from podpost import natsserver  # noqa: E402
-from reconciler import publishing  # noqa: E402
-from reconciler.rules import building, inventory  # noqa: E402
-from runtime import bus, settings  # noqa: E402
-from schemas import snapshot  # noqa: E402
+from reconciler import cycle, publishing  # noqa: E402
+from reconciler.rules import inventory, routebook  # noqa: E402
+from runtime import bus, policies, settings  # noqa: E402
+from schemas import resources  # noqa: E402
 
 MAX_PAYLOAD = 1024 * 1024
 APPS_PER_NAMESPACE = 10
@@ -103,111 +119,138 @@ def cluster(pods: int, policies: int) -> tuple[list[bytes], list[bytes], list[by
     return pod_docs, policy_docs, server_docs, secret_docs
 
 
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:8.1f} ms"
+POLL_S = 0.25
+"""The ingress's poll interval (`runtime.policies.SnapshotHolder.run`)."""
+DEBOUNCE_S = settings.ReconcilerSettings().debounce_s
 
 
-async def main(pods: int, policies: int, rounds: int) -> None:
-    pod_docs, policy_docs, server_docs, secret_docs = cluster(pods, policies)
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _moved(raw: bytes, ip: str) -> bytes:
+    """The pod restarted elsewhere: the same pod with another address."""
+    doc = msgspec.json.decode(raw)
+    doc["status"] = {**doc["status"], "podIP": ip, "podIPs": [{"ip": ip}]}
+    return msgspec.json.encode(doc)
+
+
+async def row(pods: int, policies_n: int, changes: int) -> dict[str, str]:
+    pod_docs, policy_docs, server_docs, secret_docs = cluster(pods, policies_n)
     mirror = inventory.Inventory()
+    book = routebook.RouteBook(source="kubernetes", snapshot_routes_max=0)
     started = time.perf_counter()
     mirror.pods.replace(pod_docs)
     mirror.policies.replace(policy_docs)
     mirror.servers.replace(server_docs)
     for raw in secret_docs:
-        secret = msgspec.json.decode(raw, type=building.resources.Secret)
+        secret = msgspec.json.decode(raw, type=resources.Secret)
         mirror.secrets.put(f"{secret.metadata.namespace}/{secret.metadata.name}", secret)
     ingest = time.perf_counter() - started
-
-    builds: list[float] = []
-    result = None
-    for _ in range(rounds):
-        started = time.perf_counter()
-        result = building.build(mirror.inputs(), now=datetime.now(UTC), source="kubernetes")
-        builds.append(time.perf_counter() - started)
-    assert result is not None
-    encoded = snapshot.snapshot_encoder.encode(result.snapshot)
-    stored = snapshot.encode_snapshot(result.snapshot)
+    started, cpu = time.perf_counter(), time.process_time()
+    result = cycle.build_incremental(book, mirror, now=datetime.now(UTC))
+    relist, relist_cpu = time.perf_counter() - started, time.process_time() - cpu
+    book.take_changes()
+    assert len(book.routes) == pods, (len(book.routes), pods)
 
     with tempfile.TemporaryDirectory() as store:
         async with natsserver.running(Path(store)) as server:
             cfg = settings.NatsSettings(url=server.url)
-            async with bus.connect(cfg, "bench", attempts=3) as conn:
-                published = await _publish(conn, result)
-                changed = msgspec.json.encode({**msgspec.json.decode(pod_docs[0]),
-                                               "status": {"phase": "Succeeded"}})
-                mirror.pods.apply("MODIFIED", changed)
-                again = building.build(mirror.inputs(), now=datetime.now(UTC),
-                                       source="kubernetes")
-                republished = await _publish(conn, again)
-                read = await _read_back(conn, again.snapshot)
+            async with bus.connect(cfg, "bench", attempts=3) as conn, \
+                    bus.connect(cfg, "bench-ingress", attempts=3) as reader:
+                marks = publishing.Marks()
+                started = time.perf_counter()
+                await publishing.publish(conn, result, marks=marks,
+                                         routes=publishing.RouteChanges(table=book.routes))
+                first_publish = time.perf_counter() - started
 
-    snap = result.snapshot
-    print(f"cluster:   {len(pod_docs)} pods, {len(mirror.policies.items)} policies "
-          f"({len(policy_docs) - policies} of them namespace defaults), "
-          f"{len(server_docs)} servers, {len(secret_docs)} secrets")
-    print(f"snapshot:  {len(snap.routes)} routes, {len(snap.policies)} policies, "
-          f"{len(result.credentials)} credentials")
-    print(f"ingest:    {ms(ingest)}  (decode {len(pod_docs)} pods + resources, as a relist)")
-    print(f"build:     {ms(statistics.median(builds))}  median of {rounds} "
-          f"(min {ms(min(builds)).strip()}, max {ms(max(builds)).strip()})")
-    print(f"publish:   {published}  (first: snapshot + credentials)")
-    print(f"publish:   {republished}  (after one pod changed)")
-    print(f"read:      {read}")
-    size = len(stored)
-    verdict = "fits" if size <= MAX_PAYLOAD else "EXCEEDS"
-    print(f"size:      {size:,} bytes stored = {size / MAX_PAYLOAD:.3f} MiB ({verdict} the 1 MiB "
-          f"max payload); JSON before zlib {len(encoded):,} bytes, "
-          f"{len(encoded) / max(1, len(snap.routes)):.0f} bytes per route")
-    for name, (encoded_size, seconds) in alternatives(snap).items():
-        print(f"  as {name:<28} {encoded_size:>9,} bytes  {ms(seconds)} to encode")
+                started = time.perf_counter()
+                await policies.RouteMirror(routing.Table()).refresh(reader)
+                full_read = time.perf_counter() - started
+                tracemalloc.start()
+                before = tracemalloc.take_snapshot()
+                table = routing.Table()
+                copy = policies.RouteMirror(table)
+                await copy.refresh(reader)
+                held = tracemalloc.take_snapshot().compare_to(before, "filename")
+                tracemalloc.stop()
+                memory = sum(stat.size_diff for stat in held)
+                assert copy.loaded and len(table) == pods
+
+                stop = asyncio.Event()
+
+                async def poll() -> None:
+                    while not stop.is_set():
+                        await copy.refresh(reader)
+                        await asyncio.sleep(POLL_S)
+
+                visible: list[float] = []
+                costs: list[float] = []
+                cpu_costs: list[float] = []
+                sent: list[int] = []
+                poller = asyncio.create_task(poll())
+                try:
+                    for n in range(changes):
+                        index = (n * 7919) % len(pod_docs)
+                        ip = f"10.200.{n >> 8 & 255}.{n & 255}"
+                        address = routing.parse_ip(ip)
+                        assert address is not None
+                        t0 = time.perf_counter()
+                        mirror.pods.apply("MODIFIED", _moved(pod_docs[index], ip))
+                        await asyncio.sleep(DEBOUNCE_S)
+                        t1, c1 = time.perf_counter(), time.process_time()
+                        built = cycle.build_incremental(book, mirror, now=datetime.now(UTC))
+                        moved = book.take_changes()
+                        marks.pending |= moved.routes
+                        done = await publishing.publish(
+                            conn, built, marks=marks,
+                            routes=publishing.RouteChanges(table=book.routes, changed=()))
+                        costs.append(time.perf_counter() - t1)
+                        cpu_costs.append(time.process_time() - c1)
+                        sent.append(done.routes_bytes)
+                        assert not done.routes_resynced and not done.snapshot_changed
+                        for _ in range(2000):
+                            if address in table.index.hosts:
+                                break
+                            await asyncio.sleep(0.002)
+                        visible.append(time.perf_counter() - t0)
+                        pod_docs[index] = _moved(pod_docs[index], ip)
+                finally:
+                    stop.set()
+                    await poller
+
+    return {
+        "pods": f"{pods:,} / {len(mirror.policies.items):,}",
+        "relist": f"{relist:.2f} s ({relist_cpu:.2f} s CPU; + {ingest:.2f} s decoding)",
+        "visible": f"{_pct(visible, 0.5) * 1000:.0f} / {_pct(visible, 0.99) * 1000:.0f} ms",
+        "cost": f"{_pct(costs, 0.5) * 1000:.1f} / {_pct(costs, 0.99) * 1000:.1f} ms "
+                f"(CPU {_pct(cpu_costs, 0.5) * 1000:.1f} / {_pct(cpu_costs, 0.99) * 1000:.1f})",
+        "bytes": f"{statistics.mean(sent):.0f} B",
+        "memory": f"{memory / 2**20:.1f} MiB",
+        "read": f"{full_read:.2f} s",
+        "first": f"{first_publish:.1f} s",
+    }
 
 
-async def _publish(conn: bus.Conn, result: building.Build) -> str:
-    started = time.perf_counter()
-    try:
-        done = await publishing.publish(conn, result)
-    except nats.errors.MaxPayloadError:
-        return f"{ms(time.perf_counter() - started)}  FAILED: over the server's max payload"
-    return (f"{ms(time.perf_counter() - started)}  revision {done.revision}, "
-            f"{len(done.credentials_put)} credentials written")
-
-
-async def _read_back(conn: bus.Conn, snap: snapshot.PolicySnapshot) -> str:
-    """What every ingress and dispatcher does on a change: fetch and decode the value."""
-    kv = await bus.policy_kv(conn)
-    started = time.perf_counter()
-    entry = await kv.get(conn.names.snapshot_key)
-    assert entry.value is not None and snapshot.decode_snapshot(entry.value) == snap
-    return f"{ms(time.perf_counter() - started)}  (a reader fetches and decodes it)"
-
-
-def alternatives(snap: snapshot.PolicySnapshot) -> dict[str, tuple[int, float]]:
-    """Sizes of candidate compact encodings, for the proposal in docs/kubernetes.md."""
-    grouped: dict[str, list[tuple[str, str]]] = {}
-    for route in snap.routes:
-        grouped.setdefault(route.policy, []).append((route.network, route.source))
-    compact = {"generated_at": snap.generated_at, "policies": snap.policies,
-               "upstreams": snap.upstreams, "routes": grouped, "source": snap.source,
-               "digest": snap.digest}
-    out: dict[str, tuple[int, float]] = {}
-    for name, build in (
-        ("JSON, zlib level 1", lambda: zlib.compress(
-            snapshot.snapshot_encoder.encode(snap), 1)),
-        ("routes grouped per policy", lambda: msgspec.json.encode(compact)),
-        ("grouped, zlib level 1", lambda: zlib.compress(msgspec.json.encode(compact), 1)),
-        ("msgpack, zlib level 1", lambda: zlib.compress(msgspec.msgpack.encode(snap), 1)),
-    ):
-        started = time.perf_counter()
-        size = len(build())
-        out[name] = (size, time.perf_counter() - started)
-    return out
+async def main(sizes: list[int], policies_n: int, changes: int) -> None:
+    rows = [await row(pods, policies_n, changes) for pods in sizes]
+    heads = ("pods / policies", "full relist build", "pod change visible p50/p99",
+             "reconciler per change p50/p99", "published per change",
+             "ingress routes memory", "ingress full read", "first publish")
+    print("| " + " | ".join(heads) + " |")
+    print("|" + "---|" * len(heads))
+    for r in rows:
+        print("| " + " | ".join(r[k] for k in ("pods", "relist", "visible", "cost", "bytes",
+                                               "memory", "read", "first")) + " |")
 
 
 if __name__ == "__main__":
+    # What is measured is the work, not a terminal printing a log line per change.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pods", type=int, default=10_000)
-    parser.add_argument("--policies", type=int, default=1_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pods", type=int, nargs="+", default=[10_000, 100_000, 150_000])
+    parser.add_argument("--policies", type=int, default=10_000)
+    parser.add_argument("--changes", type=int, default=100)
     args = parser.parse_args()
-    asyncio.run(main(args.pods, args.policies, args.rounds))
+    asyncio.run(main(args.pods, args.policies, args.changes))

@@ -97,10 +97,15 @@ class Handler:
         self.proxy_timeout_s = cfg.proxy_timeout_s
 
     def _current(self) -> tuple[snapshot_mod.PolicySnapshot | None, routing.Index | None]:
-        """The snapshot and its route index, rebuilt once per revision."""
+        """The snapshot and its route index: the holder's ROUTES copy when the snapshot's
+        routes are in that bucket (no index until the copy caught up: ``451``), else the
+        snapshot's own routes, indexed once per revision."""
         snap = self._holder.current
         if snap is None:
             return None, None
+        mirror = self._holder.routes
+        if snap.routes_bucket and mirror is not None and isinstance(mirror.sink, routing.Table):
+            return snap, mirror.sink.index if mirror.loaded else None
         if self._index is None or self._holder.revision != self._index_revision:
             self._index = routing.build(snap.routes)
             self._index_revision = self._holder.revision

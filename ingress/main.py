@@ -17,7 +17,7 @@ from ingress import handler as handler_mod
 from ingress import listening as listening_mod
 from ingress import protocol, tlsconfig
 from ingress import sessions as sessions_mod
-from ingress.rules import replies
+from ingress.rules import replies, routing
 from runtime import bus, health, policies
 from runtime import settings as settings_mod
 
@@ -112,7 +112,7 @@ async def serve(
     socket is bound (port 0 picks a free one)."""
     hostname = cfg.ingress.hostname or await asyncio.to_thread(socket.getfqdn)
     async with bus.connect(cfg.nats, "ingress") as conn:
-        holder = policies.SnapshotHolder(role="ingress")
+        holder = policies.SnapshotHolder(role="ingress", routes=routing.Table())
         await _first_snapshot(holder, conn)
         bound = asyncio.Event()
 

@@ -4,12 +4,13 @@ Every role gets its own NATS user that may publish and subscribe to exactly what
 needs, so a compromised ingress (the one role every pod can talk to) cannot read upstream
 logins, and only the reconciler can change what policy and credentials say:
 
-- ``ingress``: publish mail, store big bodies, emit events, read the POLICY snapshot.
+- ``ingress``: publish mail, store big bodies, emit events, read the POLICY snapshot and
+  the ROUTES bucket.
 - ``dispatcher``: consume MAIL, publish dead letters, caught mail and events, read POLICY
   and CREDENTIALS, read and write its own ATTEMPTS and RATES buckets, read and delete bodies,
   watch (never write) the operator's CONTROL bucket.
 - ``reconciler``: owns the bus layout (the only role that may create or update streams and
-  buckets) and is the only writer of POLICY and CREDENTIALS.
+  buckets) and is the only writer of POLICY, ROUTES and CREDENTIALS.
 - ``admin``: everything; for the operator's commands (``dlq``, ``queue``, ``trace``,
   ``status``); the only writer of CONTROL.
 
@@ -155,6 +156,13 @@ def _durable_pull(stream: str) -> list[str]:
             f"{API}.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>"]
 
 
+def _kv_scan(bucket: str) -> list[str]:
+    """Reading a bucket's stream from a sequence on with a short-lived pull consumer (the
+    ROUTES bucket's copy, `runtime.policies.RouteMirror`)."""
+    stream = names.kv_stream(bucket)
+    return [*_consume(stream), f"{API}.CONSUMER.MSG.NEXT.{stream}.>"]
+
+
 def _dedupe(subjects: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(subjects))
 
@@ -180,12 +188,13 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
                 bus.mail_filter(),
                 bus.events_filter(),
                 *_kv_read(policy),
+                *_kv_scan(bus.routes_bucket),
                 *_obj_put(bus.bodies_bucket),
             ]),
             subscribe_allow=(inbox,),
             # Belt and braces: these are outside the allow list anyway.
             publish_deny=_dedupe([*_secret_reads(bus), *_kv_write(credentials),
-                                  *_kv_write(policy)]),
+                                  *_kv_write(policy), *_kv_write(bus.routes_bucket)]),
             subscribe_deny=tuple(_kv_write(credentials)),
         )
     if role == "dispatcher":
@@ -217,6 +226,7 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
                 *_manage(bus.owned_streams),
                 *_kv_read(policy), *_kv_write(policy), *_kv_keys(policy),
                 *_kv_read(credentials), *_kv_write(credentials), *_kv_keys(credentials),
+                *_kv_scan(bus.routes_bucket), *_kv_write(bus.routes_bucket),
                 bus.events_filter(),
             ]),
             subscribe_allow=(inbox,),

@@ -9,6 +9,11 @@ needs ``get`` on them, never list or watch) when first referenced and every
 (`reconciler.leading`) runs, publishing within what is left of its lease, and whose
 conditions it turns into status patches. Nothing is built before every collection has
 been listed once, so a half-known cluster is never published.
+
+The build is incremental (`reconciler.rules.routebook`): each cycle takes in only what the
+watches marked changed, publishes only the route keys that changed to the ROUTES bucket,
+and plans statuses only for the objects whose conditions or matched pods changed (every
+object on the first cycle, and after leadership came back).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from datetime import UTC, datetime
 import msgspec
 import structlog
 
-from reconciler import cycle, kubeapi, leading, watching
-from reconciler.rules import inventory, kubeobjects, statuses
+from reconciler import cycle, kubeapi, leading, publishing, watching
+from reconciler.rules import inventory, kubeobjects, routebook, statuses
 from runtime import bus, health, waiting
 from runtime import settings as settings_mod
 from schemas import resources
@@ -50,6 +55,14 @@ async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout_s: float | No
         await asyncio.gather(*waiters, return_exceptions=True)
 
 
+def _only(observed: dict[str, inventory.Observed], kind: str, due: set[str] | None
+          ) -> dict[str, inventory.Observed]:
+    """The objects of one kind whose status is due (all when ``due`` is None)."""
+    if due is None:
+        return observed
+    return {key: seen for key, seen in observed.items() if f"{kind}:{key}" in due}
+
+
 class KubeSource:
     """One running kubernetes source: the inventory, its watchers, the Lease, the loop."""
 
@@ -59,6 +72,11 @@ class KubeSource:
         self.conn = conn
         self.api = api
         self.inventory = inventory.Inventory()
+        self.book = routebook.RouteBook(source=SOURCE,
+                                        snapshot_routes_max=self.rcfg.snapshot_routes_max)
+        self.marks = publishing.Marks()
+        self._statuses_due: set[str] | None = None
+        """Objects whose status to plan at the next publish; None: all of them."""
         self.changed = asyncio.Event()
         self.builds = 0
         namespace = self.rcfg.namespace or None
@@ -124,6 +142,8 @@ class KubeSource:
                 return
             self.changed.clear()
             if not self.leader.leading:
+                self.marks = publishing.Marks()  # another leader writes: compare on return
+                self._statuses_due = None
                 continue
             failed = False
             try:
@@ -146,23 +166,32 @@ class KubeSource:
         await self._fetch_secrets(sorted(cm_refs - self.inventory.config_maps.known),
                                   strict=True, config_maps=True)
         now = datetime.now(UTC)
-        result = cycle.build(self.inventory.inputs, now=now, source=SOURCE)
+        result = cycle.build_incremental(self.book, self.inventory, now=now)
+        changes = self.book.take_changes()
+        if changes.everything or self._statuses_due is None:
+            self._statuses_due = None
+        else:
+            self._statuses_due |= changes.objects
+        self.marks.pending |= changes.routes  # written by the next publish that succeeds
         self.builds += 1
         remaining = self.leader.remaining()
         if remaining <= 0:
             log.warning("reconciler.publish_skipped", reason="not the leader")
             return
-        await cycle.publish(self.conn, result,
+        routes = publishing.RouteChanges(
+            table=self.book.routes, changed=None if changes.everything else ())
+        await cycle.publish(self.conn, result, routes=routes, marks=self.marks,
                             timeout_s=min(remaining, self.rcfg.api_timeout_s * 3))
         if not self.leader.leading:
             return  # lost the Lease while publishing: the new leader writes statuses
+        due, self._statuses_due = self._statuses_due, set()
         patches = statuses.plan(
             result.conditions, result.snapshot,
-            observed={"EmailPolicy": self.inventory.policies.observed,
-                      "SMTPServer": self.inventory.servers.observed},
+            observed={"EmailPolicy": _only(self.inventory.policies.observed, "EmailPolicy", due),
+                      "SMTPServer": _only(self.inventory.servers.observed, "SMTPServer", due)},
             invalid={"EmailPolicy": self.inventory.policies.invalid,
                      "SMTPServer": self.inventory.servers.invalid},
-            now=now,
+            now=now, matched=self.book.matched,
         )
         await self._write_statuses(patches)
 
@@ -230,6 +259,11 @@ class KubeSource:
 
     # --- statuses -----------------------------------------------------------------------
 
+    def _retry_status(self, patch: statuses.Patch) -> None:
+        """Plan this object's status again at the next cycle (a patch failed)."""
+        if self._statuses_due is not None:
+            self._statuses_due.add(f"{patch.kind}:{patch.namespace}/{patch.name}")
+
     async def _write_statuses(self, patches: list[statuses.Patch]) -> None:
         limit = asyncio.Semaphore(self.rcfg.status_concurrency)
 
@@ -243,6 +277,7 @@ class KubeSource:
                         log.warning("reconciler.status_failed", kind=patch.kind,
                                     resource=f"{patch.namespace}/{patch.name}",
                                     error=str(exc))
+                        self._retry_status(patch)
                     return
             head = kubeobjects.head_decoder.decode(raw)
             store = (self.inventory.policies if patch.kind == "EmailPolicy"
@@ -257,6 +292,7 @@ class KubeSource:
             try:
                 await write(patch)
             except kubeapi.TRANSIENT as exc:
+                self._retry_status(patch)
                 log.warning("reconciler.status_failed", kind=patch.kind,
                             resource=f"{patch.namespace}/{patch.name}",
                             error=str(exc) or type(exc).__name__)

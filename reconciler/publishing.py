@@ -8,6 +8,14 @@ first, then the snapshot that names them, then the deletion of logins no snapsho
 more. Passwords are never logged; only CREDENTIALS keys (``<ns>__<secret>``, and
 ``ca.<hash>`` for a CA bundle) are.
 
+A kubernetes source's routes go to the ROUTES bucket too, one key per network
+(`schemas.names.route_key`), after the snapshot (whose policies they name): only the keys
+the incremental build says changed, unless the bucket's stream is not where this
+reconciler left it (first publish, another leader wrote, the broker lost its store, a write
+failed half-way): then the bucket is read and every difference written. `Marks` remembers
+where it left the buckets, so an unchanged snapshot or set of logins costs one status call
+instead of a read of every value.
+
 Every run is counted by outcome (``changed``, ``unchanged``, ``failed``), and the snapshot
 in force is reported as the reconciler's in the ``podpost_snapshot_*`` gauges.
 """
@@ -15,6 +23,9 @@ in force is reported as the reconciler's in the ``podpost_snapshot_*`` gauges.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import msgspec
 import nats.js.errors
@@ -22,8 +33,8 @@ import structlog
 from nats.js.kv import KeyValue
 
 from reconciler.rules import building
-from runtime import bus, metrics
-from schemas import snapshot
+from runtime import bus, metrics, policies
+from schemas import names, snapshot
 
 log = structlog.get_logger("reconciler.publishing")
 
@@ -45,6 +56,104 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_changed: bool
     credentials_put: list[str] = []
     credentials_deleted: list[str] = []
+    routes_put: int = 0
+    routes_deleted: int = 0
+    routes_bytes: int = 0
+    """Bytes of route values written (keys and headers not counted)."""
+    routes_resynced: bool = False
+    """The ROUTES bucket was read and compared whole."""
+
+
+class RouteChanges(msgspec.Struct, frozen=True, kw_only=True):
+    """The routes to publish: the whole table, and the networks changed since the last
+    publish that succeeded (None: compare the whole table with the bucket)."""
+
+    table: Mapping[str, snapshot.Route]
+    """Network -> route (`routebook.RouteBook.routes`)."""
+    changed: Collection[str] | None = None
+
+
+StreamMark = tuple[datetime | None, int]
+"""A stream's identity and position: (created, last sequence)."""
+
+
+@dataclass
+class Marks:
+    """Where this reconciler left the buckets. A mark that no longer matches the stream
+    (or none) means: read and compare, as a stateless publish does."""
+
+    snapshot: tuple[str, StreamMark] | None = None
+    credentials: tuple[dict[str, bytes], StreamMark] | None = None
+    routes: StreamMark | None = None
+    pending: set[str] = field(default_factory=set)
+    """Changed networks of a publish that failed, to write with the next one."""
+
+
+async def _mark(kv: KeyValue, timeout_s: float) -> StreamMark:
+    async with asyncio.timeout(timeout_s):
+        info = (await kv.status()).stream_info
+    return info.created, info.state.last_seq
+
+
+class _Routes:
+    """A `runtime.policies.RouteSink` that keeps what the ROUTES bucket holds."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, snapshot.Route] = {}
+
+    def put(self, key: str, route: snapshot.Route) -> None:
+        self.held[key] = route
+
+    def delete(self, key: str) -> None:
+        self.held.pop(key, None)
+
+    def clear(self) -> None:
+        self.held.clear()
+
+
+WRITE_WINDOW = 512
+"""Route writes in flight at once: a first publish of 150,000 routes is not 150,000
+sequential round trips."""
+
+
+async def _write_routes(conn: bus.Conn, routes: RouteChanges, marks: Marks
+                        ) -> tuple[int, int, int, bool]:
+    """Make the ROUTES bucket hold ``routes.table``: (put, deleted, bytes, resynced)."""
+    kv = await bus.routes_kv(conn)
+    mark = await _mark(kv, conn.deadlines.api_s)
+    encode = snapshot.route_encoder.encode
+    resync = routes.changed is None or marks.routes != mark
+    if resync:
+        stored = _Routes()
+        await policies.RouteMirror(stored).refresh(conn)
+        wanted = {names.route_key(n): r for n, r in routes.table.items()}
+        puts = {k: encode(r) for k, r in wanted.items() if stored.held.get(k) != r}
+        deletes = sorted(stored.held.keys() - wanted.keys())
+    else:
+        changed = marks.pending | set(routes.changed or ())
+        puts = {names.route_key(n): encode(routes.table[n])
+                for n in sorted(changed) if n in routes.table}
+        deletes = [names.route_key(n) for n in sorted(changed) if n not in routes.table]
+    marks.routes = None  # until every write below is done
+    if not resync:
+        marks.pending = changed
+    subject = f"$KV.{conn.names.routes_bucket}."
+    writes = [*(kv.put(k, v) for k, v in puts.items()),
+              *(_delete(conn, subject + k) for k in deletes)]
+    last = mark[1]
+    for start in range(0, len(writes), WRITE_WINDOW):
+        last = max(last, *await asyncio.gather(*writes[start:start + WRITE_WINDOW]))
+    # Our writes are the stream's last messages unless someone else wrote meanwhile; then
+    # the next publish finds the mark off and compares the whole bucket.
+    marks.routes, marks.pending = (mark[0], last), set()
+    return len(puts), len(deletes), sum(map(len, puts.values())), resync
+
+
+async def _delete(conn: bus.Conn, subject: str) -> int:
+    """`KeyValue.delete` (a delete marker: ``KV-Operation: DEL``), returning the marker's
+    sequence, which nats-py's delete does not."""
+    ack = await conn.js.publish(subject, b"", headers={"KV-Operation": "DEL"})
+    return ack.seq
 
 
 async def _current(kv: KeyValue, key: str) -> tuple[str, int] | None:
@@ -86,11 +195,13 @@ async def _put_credentials(
     return written
 
 
-async def publish(conn: bus.Conn, result: building.Build) -> Published:
-    """Make the buckets hold ``result``; only what changed is written."""
+async def publish(conn: bus.Conn, result: building.Build, *,
+                  routes: RouteChanges | None = None, marks: Marks | None = None) -> Published:
+    """Make the buckets hold ``result`` (and ``routes``, when given); only what changed is
+    written. ``marks``: where the previous publish left the buckets."""
     m = metrics.current()
     try:
-        published = await _publish(conn, result)
+        published = await _publish(conn, result, routes, marks)
     except (Exception, asyncio.CancelledError):  # a deadline cancels it: counted, re-raised
         m.publishes.labels("failed").inc()
         raise
@@ -99,17 +210,27 @@ async def publish(conn: bus.Conn, result: building.Build) -> Published:
     return published
 
 
-async def _publish(conn: bus.Conn, result: building.Build) -> Published:
+async def _publish(conn: bus.Conn, result: building.Build, routes: RouteChanges | None,
+                   remembered: Marks | None) -> Published:
+    marks = remembered or Marks()
     policy_kv = await bus.policy_kv(conn)
     credentials_kv = await bus.credentials_kv(conn)
-    stored = await _stored_keys(credentials_kv)
     wanted = {key: _credentials_encoder.encode(login)
               for key, login in result.credentials.items()}
     wanted.update((key, _credentials_encoder.encode(ca)) for key, ca in result.cas.items())
-    put = await _put_credentials(credentials_kv, wanted, stored)
+    same_logins = marks.credentials is not None and marks.credentials[0] == wanted and (
+        marks.credentials[1] == await _mark(credentials_kv, conn.deadlines.api_s))
+    stored: set[str] = set(wanted) if same_logins else await _stored_keys(credentials_kv)
+    put = [] if same_logins else await _put_credentials(credentials_kv, wanted, stored)
 
     snap = result.snapshot
-    current = await _current(policy_kv, conn.names.snapshot_key)
+    current: tuple[str, int] | None = None
+    if marks.snapshot is not None and marks.snapshot[0] == snap.digest:
+        mark = await _mark(policy_kv, conn.deadlines.api_s)
+        if mark == marks.snapshot[1]:
+            current = (snap.digest, mark[1])
+    if current is None:
+        current = await _current(policy_kv, conn.names.snapshot_key)
     if current is not None and current[0] == snap.digest:
         revision, changed = current[1], False
     else:
@@ -118,11 +239,27 @@ async def _publish(conn: bus.Conn, result: building.Build) -> Published:
         changed = True
         log.info("reconciler.snapshot_published", revision=revision, source=snap.source,
                  policies=len(snap.policies), routes=len(snap.routes), digest=snap.digest[:12])
+    if remembered is not None and (changed or marks.snapshot is None
+                                   or marks.snapshot[1][1] != revision):
+        marks.snapshot = (snap.digest, await _mark(policy_kv, conn.deadlines.api_s))
+
+    put_routes = deleted_routes = routes_bytes = 0
+    resynced = False
+    if routes is not None:
+        put_routes, deleted_routes, routes_bytes, resynced = await _write_routes(
+            conn, routes, marks)
+        if put_routes or deleted_routes:
+            log.info("reconciler.routes_published", put=put_routes, deleted=deleted_routes,
+                     resynced=resynced, routes=len(routes.table))
 
     deleted = sorted(stored - set(wanted))
     for key in deleted:
         await credentials_kv.delete(key)
     if put or deleted:
         log.info("reconciler.credentials_published", put=put, deleted=deleted)
+    if remembered is not None and not (same_logins and not deleted):
+        marks.credentials = (wanted, await _mark(credentials_kv, conn.deadlines.api_s))
     return Published(revision=revision, snapshot_changed=changed,
-                     credentials_put=put, credentials_deleted=deleted)
+                     credentials_put=put, credentials_deleted=deleted,
+                     routes_put=put_routes, routes_deleted=deleted_routes,
+                     routes_bytes=routes_bytes, routes_resynced=resynced)

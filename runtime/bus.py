@@ -138,6 +138,14 @@ def kv_configs(bus: names.Bus, retention: names.Retention, replicas: int) -> lis
             replicas=replicas,
         ),
         KeyValueConfig(
+            bucket=bus.routes_bucket,
+            description="podpost: client network -> policy, one key per network; written by "
+                        "the reconciler key by key, mirrored by every ingress",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
+        KeyValueConfig(
             bucket=bus.credentials_bucket,
             description="podpost: upstream logins; written by the reconciler, read by dispatchers",
             history=1,
@@ -226,6 +234,10 @@ async def ensure(conn: Conn, retention: names.Retention, replicas: int) -> None:
 
 async def policy_kv(conn: Conn) -> KeyValue:
     return await conn.js.key_value(conn.names.policy_bucket)
+
+
+async def routes_kv(conn: Conn) -> KeyValue:
+    return await conn.js.key_value(conn.names.routes_bucket)
 
 
 async def credentials_kv(conn: Conn) -> KeyValue:

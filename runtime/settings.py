@@ -166,6 +166,12 @@ class ReconcilerSettings(_Section, frozen=True, kw_only=True):
     """kubernetes source: watch only this namespace (all when unset)."""
     pod_label_selector: str | None = None
     """kubernetes source: watch only pods matching this label selector."""
+    snapshot_routes_max: int = 10_000
+    """kubernetes source: the routes go to the ROUTES bucket, and into the POLICY snapshot
+    too while there are at most this many, for readers older than the bucket (a rolling
+    upgrade). Every pod change then republishes the whole snapshot (about 90 KB at 10,000
+    routes), so set 0 once every ingress reads the bucket; up to ~100,000 still fit in
+    NATS's 1 MiB max payload."""
     kubeconfig: str = ""
     """kubernetes source: path of a kubeconfig file; empty: the pod's service account
     (in-cluster configuration), which is how it runs in production."""

@@ -48,6 +48,18 @@ def key_ident(key: str) -> str:
     return f"{namespace}__{name.replace('.', '_')}"
 
 
+def route_key(network: str) -> str:
+    """A route's ROUTES bucket key: its normalized network with the colons of an IPv6
+    address written as ``-`` (a KV key admits ``-/_=.`` and alphanumerics; an address never
+    holds ``-``): ``10.0.0.7/32``, ``fd00--5/128``."""
+    return network.replace(":", "-")
+
+
+def route_network(key: str) -> str:
+    """The inverse of `route_key`."""
+    return key.replace("-", ":")
+
+
 class Bus(msgspec.Struct, frozen=True, kw_only=True):
     """Every stream, subject and bucket name of one installation."""
 
@@ -109,6 +121,11 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
         moves under way; written by ``podpost queue``, watched by every dispatcher."""
         return f"{self._upper}_CONTROL"
 
+    @property
+    def routes_bucket(self) -> str:
+        """The routes (client network -> policy), one key per network (`route_key`)."""
+        return f"{self._upper}_ROUTES"
+
     snapshot_key: str = "snapshot"
 
     @property
@@ -119,6 +136,7 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True):
             kv_stream(self.policy_bucket), kv_stream(self.credentials_bucket),
             kv_stream(self.attempts_bucket), kv_stream(self.rates_bucket),
             obj_stream(self.bodies_bucket), kv_stream(self.control_bucket),
+            kv_stream(self.routes_bucket),
         )
 
     # subjects

@@ -73,8 +73,10 @@ class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
     named by the bundle's hash, so a changed bundle is a changed snapshot."""
 
 
-class Route(msgspec.Struct, frozen=True, kw_only=True):
-    """A client network (a pod's /32 or /128, or a static CIDR) and the policy it gets."""
+class Route(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A client network (a pod's /32 or /128, or a static CIDR) and the policy it gets.
+    Not tracked by the garbage collector (three strings cannot form a cycle): a reader
+    holds 150,000 of them."""
 
     network: str
     policy: str
@@ -123,6 +125,11 @@ class PolicySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """Where it was built from: ``file:<path>`` or ``kubernetes``."""
     digest: str = ""
     """A hash of the content, so an unchanged rebuild is not published again."""
+    routes_bucket: bool = False
+    """The routes are in the ROUTES bucket (one key per network, `route_encoder`): a
+    reader that keeps a copy of that bucket looks clients up there. ``routes`` then holds
+    them too only while they are few (for readers older than the bucket); an old
+    reconciler leaves this False, and ``routes`` is the whole table."""
 
 
 class Credentials(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,6 +149,9 @@ class TrustedCA(msgspec.Struct, frozen=True, kw_only=True):
 
 snapshot_encoder = msgspec.json.Encoder()
 snapshot_decoder = msgspec.json.Decoder(PolicySnapshot)
+route_encoder = msgspec.json.Encoder()
+route_decoder = msgspec.json.Decoder(Route)
+"""A ROUTES bucket value: one `Route`, keyed by `schemas.names.route_key` of its network."""
 credentials_decoder = msgspec.json.Decoder(Credentials)
 trusted_ca_decoder = msgspec.json.Decoder(TrustedCA)
 

@@ -122,7 +122,7 @@ def _retry(spec: resources.RetrySpec | None) -> snapshot.RetryOverride | None:
     return override
 
 
-class _Resolved(msgspec.Struct, frozen=True, kw_only=True):
+class Resolved(msgspec.Struct, frozen=True, kw_only=True):
     view: snapshot.PolicyView
     selector: matching.Selector
     default: bool
@@ -131,12 +131,12 @@ class _Resolved(msgspec.Struct, frozen=True, kw_only=True):
     """The policy's clientCredentials by username, as verifiers."""
 
 
-def _resolve(
+def resolve(
     policy: resources.EmailPolicy,
     servers: dict[str, resources.SMTPServer],
     secrets: dict[str, resources.Secret],
     broken: dict[str, _Unresolved],
-) -> _Resolved:
+) -> Resolved:
     key = inputs_mod.resource_key(policy.metadata)
     spec = policy.spec
     smtp, catcher = spec.sink.smtp, spec.sink.catcher
@@ -179,19 +179,19 @@ def _resolve(
         client_logins[creds.username] = snapshot.ClientLogin(
             policy=key, salt=salt, iterations=snapshot.LOGIN_ITERATIONS,
             verifier=snapshot.login_verifier(creds.password, salt, snapshot.LOGIN_ITERATIONS))
-    return _Resolved(view=view, selector=selector, default=spec.default, login=login,
-                     client_logins=client_logins)
+    return Resolved(view=view, selector=selector, default=spec.default, login=login,
+                    client_logins=client_logins)
 
 
 # --- matching endpoints to policies -------------------------------------------------------
 
 
-class _Namespace:
+class NamespaceIndex:
     """The resolved policies of one namespace, indexed by a label pair they require."""
 
-    def __init__(self, policies: list[_Resolved]) -> None:
-        self.indexed: dict[tuple[str, str], list[_Resolved]] = defaultdict(list)
-        self.unindexed: list[_Resolved] = []
+    def __init__(self, policies: list[Resolved]) -> None:
+        self.indexed: dict[tuple[str, str], list[Resolved]] = defaultdict(list)
+        self.unindexed: list[Resolved] = []
         for policy in policies:
             terms = matching.index_terms(policy.selector)
             if terms is None:
@@ -200,7 +200,7 @@ class _Namespace:
                 for term in terms:
                     self.indexed[term].append(policy)
 
-    def candidates(self, labels: dict[str, str]) -> list[_Resolved]:
+    def candidates(self, labels: dict[str, str]) -> list[Resolved]:
         """The policies selecting these labels; default ones only when no other does."""
         found = [p for p in self.unindexed if matching.matches(p.selector, labels)]
         for term in labels.items():
@@ -211,7 +211,7 @@ class _Namespace:
         return regular or found
 
 
-def _rank(policy: _Resolved) -> tuple[int, str]:
+def rank(policy: Resolved) -> tuple[int, str]:
     """Smaller wins: more selector terms first, then the smaller key."""
     return (-policy.selector.terms, policy.view.key)
 
@@ -238,8 +238,8 @@ def network(text: str) -> str | None:
         return None
 
 
-def _precedence(one: _Resolved, other: _Resolved) -> str:
-    first, second = sorted((one, other), key=_rank)
+def _precedence(one: Resolved, other: Resolved) -> str:
+    first, second = sorted((one, other), key=rank)
     why = (
         "more selector terms" if first.selector.terms != second.selector.terms
         else "same number of selector terms, smaller name"
@@ -247,8 +247,8 @@ def _precedence(one: _Resolved, other: _Resolved) -> str:
     return f"{first.view.key} takes precedence over {second.view.key} ({why})"
 
 
-def _conflict_condition(
-    key: str, others: dict[str, set[str]], resolved: dict[str, _Resolved]
+def conflict_condition(
+    key: str, others: dict[str, set[str]], resolved: dict[str, Resolved]
 ) -> resources.Condition:
     """One sentence per other policy: what both select and which one wins."""
     parts = []
@@ -266,13 +266,13 @@ def _conflict_condition(
 
 
 def _route(
-    resolved: dict[str, _Resolved], endpoints: list[inputs_mod.Endpoint]
+    resolved: dict[str, Resolved], endpoints: list[inputs_mod.Endpoint]
 ) -> tuple[list[snapshot.Route], dict[str, dict[str, set[str]]]]:
     """Routes, and conflicts: policy -> other policy -> sources of endpoints both select."""
-    by_namespace: dict[str, list[_Resolved]] = defaultdict(list)
+    by_namespace: dict[str, list[Resolved]] = defaultdict(list)
     for policy in resolved.values():
         by_namespace[names.split_key(policy.view.key)[0]].append(policy)
-    indexes = {ns: _Namespace(policies) for ns, policies in by_namespace.items()}
+    indexes = {ns: NamespaceIndex(policies) for ns, policies in by_namespace.items()}
     routes: list[snapshot.Route] = []
     conflicts: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for endpoint in endpoints:
@@ -282,7 +282,7 @@ def _route(
         candidates = index.candidates(endpoint.labels)
         if not candidates:
             continue
-        chosen = min(candidates, key=_rank)
+        chosen = min(candidates, key=rank)
         if len(candidates) > 1:
             keys = {c.view.key for c in candidates}
             for key in keys:
@@ -295,6 +295,86 @@ def _route(
                     network=normalized, policy=chosen.view.key, source=endpoint.source))
     routes.sort(key=lambda r: (r.network, r.source, r.policy))
     return routes, conflicts
+
+
+_Keyed = TypeVar("_Keyed", resources.SMTPServer, resources.Secret, resources.EmailPolicy,
+                 resources.ConfigMap)
+
+
+# --- the parts of a build, shared with the incremental one (`routebook`) -----------------
+
+
+def resolve_upstreams(
+    servers: dict[str, resources.SMTPServer],
+    secrets: dict[str, resources.Secret],
+    config_maps: dict[str, resources.ConfigMap],
+) -> tuple[dict[str, snapshot.UpstreamView], dict[str, snapshot.TrustedCA],
+           dict[str, _Unresolved]]:
+    """The upstreams, their CA bundles, and the servers that cannot be used (and why)."""
+    upstreams: dict[str, snapshot.UpstreamView] = {}
+    cas: dict[str, snapshot.TrustedCA] = {}
+    broken: dict[str, _Unresolved] = {}
+    for key, server in servers.items():
+        try:
+            ca = credentials.server_ca(server, secrets, config_maps)
+        except _Unresolved as exc:
+            broken[key] = exc
+            continue
+        if ca is not None:
+            cas[ca[0]] = ca[1]
+        upstreams[key] = upstream_view(server, None if ca is None else ca[0])
+    return upstreams, cas, broken
+
+
+def unresolved_conditions(exc: _Unresolved) -> list[resources.Condition]:
+    """The conditions of a policy left out of the snapshot."""
+    return [
+        resources.Condition(type="Conflict", status="False", reason="NotReady",
+                            message="a policy that is not Ready selects nothing"),
+        _not_ready(exc.reason, exc.message),
+    ]
+
+
+def policy_conditions(
+    key: str, others: dict[str, set[str]] | None, resolved: dict[str, Resolved]
+) -> list[resources.Condition]:
+    """The conditions of a policy in the snapshot: its conflicts (other policy -> sources
+    of endpoints both select), then Ready."""
+    ready = _ready("Resolved", f"delivers to {resolved[key].view.upstream}")
+    if others:
+        conflict = conflict_condition(key, others, resolved)
+    else:
+        conflict = resources.Condition(
+            type="Conflict", status="False", reason="NoConflict",
+            message="no other policy selects the same endpoints",
+        )
+    return [conflict, ready]
+
+
+def server_conditions(
+    servers: dict[str, resources.SMTPServer], broken: dict[str, _Unresolved],
+    resolved: dict[str, Resolved],
+) -> dict[str, list[resources.Condition]]:
+    """Every SMTPServer's Ready condition, counting the ready policies using it."""
+    users: dict[str, int] = defaultdict(int)
+    for item in resolved.values():
+        users[item.view.upstream] += 1
+    conditions: dict[str, list[resources.Condition]] = {}
+    for key in servers:
+        if key in broken:
+            conditions[object_key("SMTPServer", key)] = [
+                _not_ready(broken[key].reason, broken[key].message)]
+            continue
+        used = users.get(key, 0)
+        conditions[object_key("SMTPServer", key)] = [_ready(
+            "Resolved", f"used by {used} ready polic{'y' if used == 1 else 'ies'}")]
+    return conditions
+
+
+def by_key(items: list[_Keyed]) -> dict[str, _Keyed]:
+    """Key -> item, in key order; a later duplicate replaces an earlier one."""
+    found = {inputs_mod.resource_key(item.metadata): item for item in items}
+    return {key: found[key] for key in sorted(found)}
 
 
 # --- the build ----------------------------------------------------------------------------
@@ -310,52 +390,27 @@ def digest(snap: snapshot.PolicySnapshot) -> str:
     return hashlib.sha256(_digest_encoder.encode(content)).hexdigest()
 
 
-_Keyed = TypeVar("_Keyed", resources.SMTPServer, resources.Secret, resources.EmailPolicy,
-                 resources.ConfigMap)
-
-
-def _by_key(items: list[_Keyed]) -> dict[str, _Keyed]:
-    """Key -> item, in key order; a later duplicate replaces an earlier one."""
-    found = {inputs_mod.resource_key(item.metadata): item for item in items}
-    return {key: found[key] for key in sorted(found)}
-
-
 def build(inputs: inputs_mod.Inputs, *, now: datetime, source: str) -> Build:
-    servers = _by_key(inputs.servers)
-    secrets = _by_key(inputs.secrets)
-    policies = _by_key(inputs.policies)
-    config_maps = _by_key(inputs.config_maps)
+    servers = by_key(inputs.servers)
+    secrets = by_key(inputs.secrets)
+    policies = by_key(inputs.policies)
+    config_maps = by_key(inputs.config_maps)
     conditions: dict[str, list[resources.Condition]] = {}
 
-    upstreams: dict[str, snapshot.UpstreamView] = {}
-    cas: dict[str, snapshot.TrustedCA] = {}
-    broken: dict[str, _Unresolved] = {}
-    for key, server in servers.items():
-        try:
-            ca = credentials.server_ca(server, secrets, config_maps)
-        except _Unresolved as exc:
-            broken[key] = exc
-            continue
-        if ca is not None:
-            cas[ca[0]] = ca[1]
-        upstreams[key] = upstream_view(server, None if ca is None else ca[0])
+    upstreams, cas, broken = resolve_upstreams(servers, secrets, config_maps)
 
-    resolved: dict[str, _Resolved] = {}
+    resolved: dict[str, Resolved] = {}
     logins: dict[str, snapshot.Credentials] = {}
     client_logins: dict[str, snapshot.ClientLogin] = {}
     for key, policy in policies.items():
         try:
-            item = _resolve(policy, servers, secrets, broken)
+            item = resolve(policy, servers, secrets, broken)
             taken = sorted(set(item.client_logins) & set(client_logins))
             if taken:
                 raise _Unresolved("LoginTaken", f"clientCredentials username {taken[0]!r} is "
                                   f"already the login of {client_logins[taken[0]].policy}")
         except _Unresolved as exc:
-            conditions[object_key("EmailPolicy", key)] = [
-                resources.Condition(type="Conflict", status="False", reason="NotReady",
-                                    message="a policy that is not Ready selects nothing"),
-                _not_ready(exc.reason, exc.message),
-            ]
+            conditions[object_key("EmailPolicy", key)] = unresolved_conditions(exc)
             continue
         resolved[key] = item
         client_logins.update(item.client_logins)
@@ -364,31 +419,10 @@ def build(inputs: inputs_mod.Inputs, *, now: datetime, source: str) -> Build:
 
     endpoints = sorted(inputs.endpoints, key=lambda e: e.source)
     routes, conflicts = _route(resolved, endpoints)
-    for key, item in resolved.items():
-        ready = _ready("Resolved", f"delivers to {item.view.upstream}")
-        others = conflicts.get(key)
-        if others:
-            conflict = _conflict_condition(key, others, resolved)
-        else:
-            conflict = resources.Condition(
-                type="Conflict", status="False", reason="NoConflict",
-                message="no other policy selects the same endpoints",
-            )
-        conditions[object_key("EmailPolicy", key)] = [conflict, ready]
-
-    users: dict[str, list[str]] = defaultdict(list)
-    for item in resolved.values():
-        users[item.view.upstream].append(item.view.key)
-    for key in servers:
-        if key in broken:
-            conditions[object_key("SMTPServer", key)] = [
-                _not_ready(broken[key].reason, broken[key].message)]
-            continue
-        used = users.get(key, [])
-        conditions[object_key("SMTPServer", key)] = [_ready(
-            "Resolved",
-            f"used by {len(used)} ready polic{'y' if len(used) == 1 else 'ies'}",
-        )]
+    for key in resolved:
+        conditions[object_key("EmailPolicy", key)] = policy_conditions(
+            key, conflicts.get(key), resolved)
+    conditions.update(server_conditions(servers, broken, resolved))
 
     snap = snapshot.PolicySnapshot(
         generated_at=now,

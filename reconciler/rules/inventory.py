@@ -43,6 +43,9 @@ class Pods:
 
     def __init__(self) -> None:
         self.records: dict[str, kubeobjects.PodRecord] = {}
+        self.dirty: set[str] = set()
+        """Keys of pods added, changed or removed since the incremental build last took
+        them (`reconciler.rules.routebook`)."""
 
     def apply(self, kind: str, raw: bytes) -> bool:
         pod = kubeobjects.pod_decoder.decode(raw)
@@ -52,10 +55,14 @@ class Pods:
 
     def _put(self, name: str, record: kubeobjects.PodRecord | None) -> bool:
         if record is None:
-            return self.records.pop(name, None) is not None
+            if self.records.pop(name, None) is None:
+                return False
+            self.dirty.add(name)
+            return True
         if self.records.get(name) == record:
             return False
         self.records[name] = record
+        self.dirty.add(name)
         return True
 
     def replace(self, raws: Iterable[bytes]) -> bool:
@@ -67,6 +74,9 @@ class Pods:
             if record is not None:
                 fresh[record.key] = record
         changed = fresh != self.records
+        if changed:
+            self.dirty.update(key for key in self.records.keys() | fresh.keys()
+                              if self.records.get(key) != fresh.get(key))
         self.records = fresh
         return changed
 
@@ -81,6 +91,8 @@ class Resources(Generic[T]):
         self.items: dict[str, T] = {}
         self.invalid: dict[str, Invalid] = {}
         self.observed: dict[str, Observed] = {}
+        self.dirty: set[str] = set()
+        """Keys whose essence changed since the incremental build last took them."""
 
     def _decode(self, raw: bytes) -> tuple[str, T | Invalid, Observed]:
         head = kubeobjects.head_decoder.decode(raw)
@@ -99,7 +111,10 @@ class Resources(Generic[T]):
             self.invalid[name] = value
         elif value is not None:
             self.items[name] = value
-        return _essence(before) != _essence(value)
+        if _essence(before) == _essence(value):
+            return False
+        self.dirty.add(name)
+        return True
 
     def apply(self, kind: str, raw: bytes) -> bool:
         name, value, observed = self._decode(raw)

@@ -98,8 +98,9 @@ def key(meta: ObjectMeta) -> str:
     return f"{meta.namespace}/{meta.name}"
 
 
-class PodRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """What podpost keeps of one pod: who it is, its addresses, and how alive it is."""
+class PodRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What podpost keeps of one pod: who it is, its addresses, and how alive it is. Not
+    tracked by the garbage collector (it holds no container that could refer back)."""
 
     namespace: str
     name: str
@@ -146,7 +147,7 @@ def pod_record(pod: Pod) -> PodRecord | None:
     )
 
 
-def _liveness(record: PodRecord) -> tuple[bool, bool, str, str]:
+def liveness(record: PodRecord) -> tuple[bool, bool, str, str]:
     """Larger is more alive; the key breaks exact ties so the choice is deterministic."""
     return (record.running, not record.terminating, record.created, record.key)
 
@@ -159,7 +160,7 @@ def endpoints(records: Iterable[PodRecord]) -> list[inputs_mod.Endpoint]:
     for record in records:
         for network in record.networks:
             held = owner.get(network)
-            if held is None or _liveness(record) > _liveness(held):
+            if held is None or liveness(record) > liveness(held):
                 owner[network] = record
     kept: dict[str, list[str]] = {}
     by_key: dict[str, PodRecord] = {}

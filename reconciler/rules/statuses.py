@@ -109,12 +109,14 @@ def plan(
     observed: Mapping[str, Mapping[str, inventory.Observed]],
     invalid: Mapping[str, Mapping[str, inventory.Invalid]],
     now: datetime,
+    matched: Mapping[str, int] | None = None,
 ) -> list[Patch]:
     """Patches for every existing object whose status differs from what it should say.
 
     ``conditions`` is the builder's (``"EmailPolicy:ns/name"`` -> conditions); ``observed``
-    and ``invalid`` are per kind, keyed ``ns/name``."""
-    pods = matched_pods(snap)
+    and ``invalid`` are per kind, keyed ``ns/name``. ``matched`` (policy -> pods) replaces
+    counting the snapshot's routes, when the routes are not in it (`routebook.matched`)."""
+    pods = matched_pods(snap) if matched is None else matched
     patches: list[Patch] = []
     for kind in sorted(observed):
         for key, seen in sorted(observed[kind].items()):

@@ -48,7 +48,7 @@ def test_what_is_no_dead_subject_is_refused(subject: str) -> None:
 def test_owned_streams_name_every_bucket_by_its_jetstream_stream() -> None:
     """The installation's streams include each KV bucket's and the object store's stream."""
     owned = BUS.owned_streams
-    assert {"KV_PP_POLICY", "KV_PP_CREDENTIALS", "KV_PP_ATTEMPTS", "KV_PP_RATES",
+    assert {"KV_PP_POLICY", "KV_PP_CREDENTIALS", "KV_PP_ATTEMPTS", "KV_PP_RATES", "KV_PP_ROUTES",
             "OBJ_PP_BODIES", "KV_PP_CONTROL", BUS.mail_stream, BUS.dead_stream, BUS.events_stream,
             BUS.caught_stream} == set(owned)
     assert len(owned) == len(set(owned))
