@@ -156,13 +156,6 @@ def _durable_pull(stream: str) -> list[str]:
             f"{API}.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>"]
 
 
-def _kv_scan(bucket: str) -> list[str]:
-    """Reading a bucket's stream from a sequence on with a short-lived pull consumer (the
-    ROUTES bucket's copy, `runtime.policies.RouteMirror`)."""
-    stream = names.kv_stream(bucket)
-    return [*_consume(stream), f"{API}.CONSUMER.MSG.NEXT.{stream}.>"]
-
-
 def _dedupe(subjects: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(subjects))
 
@@ -188,7 +181,7 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
                 bus.mail_filter(),
                 bus.events_filter(),
                 *_kv_read(policy),
-                *_kv_scan(bus.routes_bucket),
+                *_kv_keys(bus.routes_bucket),
                 *_obj_put(bus.bodies_bucket),
             ]),
             subscribe_allow=(inbox,),
@@ -226,7 +219,7 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
                 *_manage(bus.owned_streams),
                 *_kv_read(policy), *_kv_write(policy), *_kv_keys(policy),
                 *_kv_read(credentials), *_kv_write(credentials), *_kv_keys(credentials),
-                *_kv_scan(bus.routes_bucket), *_kv_write(bus.routes_bucket),
+                *_kv_keys(bus.routes_bucket), *_kv_write(bus.routes_bucket),
                 bus.events_filter(),
             ]),
             subscribe_allow=(inbox,),

@@ -18,11 +18,14 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
+from ingress.rules import routing
 from loadkit import inprocess
 from loadkit import upstream as upstream_mod
 from podpost import natsconfig, natsserver
 from reconciler import main as reconciler_main
-from runtime import bus, settings
+from reconciler import publishing
+from reconciler.rules import building
+from runtime import bus, policies, settings
 from schemas import events, names, snapshot
 from tests.support import dispatching as d
 from tests.support import ingress as ingress_support
@@ -369,3 +372,36 @@ async def _body_gone(conn: bus.Conn, name: str) -> bool:
     except nats.js.errors.NotFoundError:
         return True
     return False
+
+
+async def test_the_reconciler_writes_routes_and_the_ingress_reads_them_as_their_users(
+    secured: Secured,
+) -> None:
+    """The reconciler's user publishes the ROUTES bucket (and compares it, reading it);
+    the ingress's user keeps a copy of it, and may not write it."""
+    owner = await _owner_setup(secured)
+    try:
+        snap = snapshot.PolicySnapshot(generated_at=inprocess.SNAPSHOT.generated_at,
+                                       policies=inprocess.SNAPSHOT.policies,
+                                       routes_bucket=True)
+        result = building.Build(snapshot=snap, credentials={}, conditions={})
+        route = snapshot.Route(network="10.0.0.1/32", policy="apps/open", source="pod:apps/a")
+        marks = publishing.Marks()
+        for _ in range(2):  # the second compares the bucket it left (a stale mark)
+            marks.routes = None
+            await publishing.publish(owner, result, marks=marks, routes=publishing.RouteChanges(
+                table={route.network: route}))
+        ing_conn = await bus.open_connection(secured.settings("ingress"), "ingress",
+                                             attempts=1)
+        try:
+            table = routing.Table()
+            copy = policies.RouteMirror(table)
+            assert await copy.refresh(ing_conn) == 1 and copy.loaded and len(table) == 1
+        finally:
+            await ing_conn.nc.close()
+        async with raw(secured, "ingress") as ing:
+            routes = await ing.js.key_value(BUS.routes_bucket)
+            await ing.refused(lambda: routes.put("10.0.0.2/32", b"{}"),
+                              f'Publish to "$KV.{BUS.routes_bucket}.10.0.0.2/32"')
+    finally:
+        await owner.nc.close()
