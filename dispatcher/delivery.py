@@ -5,16 +5,19 @@ decode the `Envelope` -> read the `AttemptRecord` if the message was seen before
 it, or the pool delivers it to the upstream -> `classify` decides each recipient's fate ->
 `settling` persists, then acks or naks, then reports.
 
-Nothing to try with (no snapshot yet, upstream, policy or login unknown) is a *hold*: a
-short nak that is not counted as an attempt. So is a mail the operator held, whose
-upstream is suspended or that is being moved (`control`); that hold never dead-letters it.
-A mail whose body object is gone cannot be sent: `classify` dead-letters it
-(``failure="body"``) without an attempt. This module reads and decides; it acks nothing,
-writes nothing and reports nothing itself: what it learns goes to `settling`.
+A trip whose lease ran out before the upstream was asked stops there (`holding`): the
+message has been, or will be, handed to someone else. Nothing to try with (no snapshot
+yet, upstream, policy or login unknown) is a *hold*: a short nak that is not counted as an
+attempt. So is a mail the operator held, whose upstream is suspended or that is being
+moved (`control`); that hold never dead-letters it. A mail whose body object is gone
+cannot be sent: `classify` dead-letters it (``failure="body"``) without an attempt. This
+module reads and decides; it acks nothing, writes nothing and reports nothing itself:
+what it learns goes to `settling`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,9 +25,8 @@ from typing import Protocol
 
 import msgspec
 import structlog
-from nats.aio.msg import Msg
 
-from dispatcher import consumers, control, keyring, recording, settling
+from dispatcher import consumers, control, holding, keyring, recording, settling
 from dispatcher.rules import backoff, classify, ledger
 from dispatcher.rules import outcome as outcome_mod
 from runtime import policies
@@ -64,7 +66,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def handle(ctx: Context, pair: consumers.Pair, msg: Msg) -> None:
+async def handle(ctx: Context, pair: consumers.Pair, msg: holding.Held) -> None:
     """One message from fetch to ack or nak."""
     structlog.contextvars.clear_contextvars()
     try:
@@ -87,7 +89,8 @@ async def handle(ctx: Context, pair: consumers.Pair, msg: Msg) -> None:
                               view.retry if view else None)
     record, had_record = await recording.read(ctx.stores, msg, env)
     item = settling.Mail(msg=msg, envelope=env, record=record, had_record=had_record,
-                         policy=pair.policy, upstream=pair.upstream)
+                         policy=pair.policy, upstream=pair.upstream,
+                         redelivered=msg.metadata.num_delivered > 1 and not had_record)
     if pair.upstream == names.CATCHER:
         await settling.catch(ctx.stores, item, _now())
         return
@@ -133,6 +136,10 @@ async def _attempt(
         missing = outcome_mod.Outcome(failure="body", reply="the body object is missing")
         return classify.classify(missing, rcpts, attempt=0, policy=retry,
                                  age_s=backoff.age_s(env.received_at, _now()))
+    if not item.msg.leased(asyncio.get_running_loop().time()):
+        # Frozen or starved past the ack wait: the server has handed (or will hand) the
+        # message to someone else, who will deliver it; sending now could send it twice.
+        raise settling.LeaseLost("the lease ran out before the upstream was asked")
     attempt = item.record.attempts + 1
     structlog.contextvars.bind_contextvars(attempt=attempt)
     await settling.attempted(ctx.stores.conn, item, attempt, len(rcpts), _now())

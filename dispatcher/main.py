@@ -1,10 +1,10 @@
 """The dispatcher role: wiring only.
 
 One connection, and in one TaskGroup: the policy snapshot poller, the CONTROL bucket's
-watcher (`control`: suspended upstreams, held mails), the SMTP pool's idle
-reaper, the consumer discovery that runs a `worker` per (upstream, policy) consumer and,
-when metrics are served, the consumer-lag `sampling`. Ready (``/readyz``) with a live
-connection, a snapshot and the control state.
+watcher (`control`: suspended upstreams, held mails), the SMTP pool's idle reaper, the
+cleanup backlog and the sweep of residue (`sweeping`), the consumer discovery that runs a
+`worker` per (upstream, policy) consumer and, when metrics are served, the consumer-lag
+`sampling`. Ready (``/readyz``) with a live connection, a snapshot and the control state.
 On ``stop`` the workers stop fetching, finish what they hold within ``grace_s`` and
 cancel the rest; unacked messages are redelivered later, so nothing depends on this.
 """
@@ -25,6 +25,7 @@ from dispatcher import (
     ratekv,
     recording,
     sampling,
+    sweeping,
     worker,
 )
 from dispatcher.rules import limiting
@@ -65,6 +66,7 @@ async def serve(
                     tg.create_task(holder.run(conn, stop))
                     tg.create_task(steering.run(conn, stop))
                     tg.create_task(smtp_pool.run(stop))
+                    tg.create_task(sweeping.run(stores, cfg.dispatcher, stop))
                     tg.create_task(consumers.run(
                         conn, cfg, holder, functools.partial(worker.run, shared), stop))
                     if cfg.health.port:

@@ -14,25 +14,34 @@ keeps every mail (the replacement and the record first, the ack after).
 - A dead letter and a caught copy carry a ``Nats-Msg-Id`` derived from the mail (and the
   recipients), so a retry after a lost PubAck stores them once.
 
+- A body is removed by purging its meta and chunk subjects (`purge_body`), so no delete
+  marker is left in the BODIES stream for every delivered mail.
+
 Every call has its deadline from ``conn.deadlines``; broker trouble (`bus.TRANSIENT`)
-raises to the caller, except in `forget`, which is best effort (the bucket's TTL and the
-object store's TTL clean up what it could not).
+raises to the caller, except in `forget`: a cleanup that fails is logged and queued on the
+`Backlog`, which `sweeping` retries; what it gives up on is left to the sweep of orphans.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from dataclasses import dataclass
+import base64
+import collections
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
 import nats.js.errors
 import structlog
-from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
+from nats.js.object_store import (
+    OBJ_CHUNKS_PRE_TEMPLATE,
+    OBJ_META_PRE_TEMPLATE,
+    OBJ_STREAM_TEMPLATE,
+    ObjectStore,
+)
 
+from dispatcher import holding
 from dispatcher.rules import classify, ledger
 from runtime import bus
 from schemas import mail
@@ -40,6 +49,46 @@ from schemas import mail
 log = structlog.get_logger("dispatcher.recording")
 
 _encoder = msgspec.json.Encoder()
+
+BACKLOG_MAX = 10_000
+"""Cleanups kept for retrying; beyond this the oldest is left to the sweep."""
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """What is left to remove of a mail that left (or is leaving) the MAIL stream."""
+
+    key: str
+    """The attempts key."""
+    record: bool
+    """An attempt record is stored under ``key``."""
+    body: str | None
+    """The name of the body object to remove, if any."""
+    seq: int = 0
+    """The MAIL stream sequence whose ack is unconfirmed: clean up only once the stream no
+    longer holds it (else its redelivery finishes the mail and cleans up itself); 0: the
+    ack is confirmed."""
+    tries: int = 0
+
+
+@dataclass
+class Backlog:
+    """Cleanups that could not run yet (an unconfirmed ack, a broker away), for `sweeping`
+    to retry; bounded: what falls out is left to the sweep of orphans."""
+
+    items: collections.deque[Cleanup] = field(
+        default_factory=lambda: collections.deque(maxlen=BACKLOG_MAX))
+
+    def add(self, cleanup: Cleanup) -> None:
+        if len(self.items) == self.items.maxlen:
+            log.warning("dispatcher.cleanup_abandoned", key=self.items[0].key,
+                        reason="backlog full")
+        self.items.append(cleanup)
+
+    def take(self) -> list[Cleanup]:
+        out = list(self.items)
+        self.items.clear()
+        return out
 
 
 @dataclass(frozen=True)
@@ -49,6 +98,7 @@ class Stores:
     conn: bus.Conn
     attempts: KeyValue
     bodies: ObjectStore
+    backlog: Backlog = field(default_factory=Backlog)
 
 
 async def open_stores(conn: bus.Conn) -> Stores:
@@ -56,7 +106,8 @@ async def open_stores(conn: bus.Conn) -> Stores:
     return Stores(conn=conn, attempts=await bus.attempts_kv(conn), bodies=await bus.bodies(conn))
 
 
-async def read(stores: Stores, msg: Msg, env: mail.Envelope) -> tuple[mail.AttemptRecord, bool]:
+async def read(stores: Stores, msg: holding.Held, env: mail.Envelope
+               ) -> tuple[mail.AttemptRecord, bool]:
     """The stored attempt record and whether there is one, read only when there can be
     one: the message was delivered before, it is a replay (which has its own record) or an
     operator's copy (``moved_from``: queue retry/move, the record of the original).
@@ -79,7 +130,8 @@ async def read(stores: Stores, msg: Msg, env: mail.Envelope) -> tuple[mail.Attem
 
 async def body(stores: Stores, env: mail.Envelope) -> bytes | None:
     """The stored message, inline or from the object store; None when it is gone."""
-    return await bus.read_body(stores.bodies, env, stores.conn.deadlines.body_s)
+    return await bus.read_body(stores.bodies, env, stores.conn.deadlines.body_s,
+                               stores.conn.link)
 
 
 async def put(stores: Stores, key: str, record: mail.AttemptRecord) -> None:
@@ -127,13 +179,63 @@ async def forget(
     stores: Stores, key: str, *, had_record: bool, body_ref: mail.BodyRef | None
 ) -> None:
     """After a confirmed ack: delete the attempt record (when one is stored) and the body
-    object (when ``body_ref`` is given), best effort."""
+    (when ``body_ref`` is given); a failure is logged and queued on the backlog."""
+    cleanup = Cleanup(key=key, record=had_record,
+                      body=body_ref.name if body_ref is not None else None)
+    if cleanup.record or cleanup.body is not None:
+        await clean(stores, cleanup)
+
+
+async def clean(stores: Stores, cleanup: Cleanup) -> bool:
+    """Run one cleanup whose ack is confirmed; whether it is done. A failure is logged and
+    the cleanup queued again (with one more try)."""
+    try:
+        if cleanup.record:
+            async with asyncio.timeout(stores.conn.deadlines.kv_s):
+                await stores.attempts.delete(cleanup.key)
+            cleanup = Cleanup(key=cleanup.key, record=False, body=cleanup.body,
+                              tries=cleanup.tries)
+        if cleanup.body is not None:
+            await purge_body(stores, cleanup.body)
+    except bus.TRANSIENT as exc:
+        log.warning("dispatcher.cleanup_failed", key=cleanup.key, tries=cleanup.tries + 1,
+                    record=cleanup.record, body=cleanup.body is not None,
+                    error=str(exc) or repr(exc))
+        stores.backlog.add(Cleanup(key=cleanup.key, record=cleanup.record,
+                                   body=cleanup.body, tries=cleanup.tries + 1))
+        return False
+    return True
+
+
+def bodies_stream(stores: Stores) -> str:
+    return OBJ_STREAM_TEMPLATE.format(bucket=stores.conn.names.bodies_bucket)
+
+
+def meta_subject(stores: Stores, name: str) -> str:
+    """The subject of an object's meta message (nats-py's layout: base64url of the name)."""
+    encoded = base64.urlsafe_b64encode(name.encode()).decode()
+    return OBJ_META_PRE_TEMPLATE.format(bucket=stores.conn.names.bodies_bucket, obj=encoded)
+
+
+def chunks_subject(stores: Stores, nuid: str) -> str:
+    return OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=stores.conn.names.bodies_bucket, obj=nuid)
+
+
+async def purge_body(stores: Stores, name: str, nuid: str | None = None) -> None:
+    """Remove an object without a trace: its meta first (so no reader finds a body whose
+    chunks are going), then its chunks. ``ObjectStore.delete`` would leave a delete marker
+    per object until the store's TTL. Gone already: nothing to do."""
     deadlines = stores.conn.deadlines
-    with contextlib.suppress(*bus.TRANSIENT):
-        if had_record:
-            async with asyncio.timeout(deadlines.kv_s):
-                await stores.attempts.delete(key)
-        if body_ref is not None:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                async with asyncio.timeout(deadlines.body_s):
-                    await stores.bodies.delete(body_ref.name)
+    js = stores.conn.js
+    if nuid is None:
+        try:
+            async with asyncio.timeout(deadlines.api_s):
+                info = await stores.bodies.get_info(name, show_deleted=True)
+        except nats.js.errors.NotFoundError:
+            return
+        nuid = info.nuid
+    async with asyncio.timeout(deadlines.api_s):
+        await js.purge_stream(bodies_stream(stores), subject=meta_subject(stores, name))
+    if nuid:
+        async with asyncio.timeout(deadlines.api_s):
+            await js.purge_stream(bodies_stream(stores), subject=chunks_subject(stores, nuid))

@@ -1,35 +1,43 @@
-"""Acting on what became of a message: persist what replaces it, then ack or nak it, then
-report. The only dispatcher module that acks, naks or terminates a message, emits its
-events, logs its outcome line and counts it; what it persists goes through `recording`.
+"""Acting on what became of a message: report what the upstream accepted, persist what
+replaces the message, then ack or nak it, then report the rest. The only dispatcher module
+that acks, naks or terminates a message, emits its events, logs its outcome line and counts
+it; what it persists goes through `recording`.
 
-The order is the point of this module. Nothing is acked before the thing that replaces
-it is stored:
+The order is the point of this module:
 
+0. what the upstream accepted is on the record first, before anything that can fail: the
+   ``dispatcher.mail_delivered`` line and the delivered counter at once, the ``delivered``
+   event stored on the EVENTS stream (its PubAck awaited, `eventing.record`) alongside the
+   steps below. A copy that reached the upstream is reported even when the ack is lost
+   and the mail goes out again; that later copy is marked ``redelivered``.
 1. each dead group is published to the DEAD stream (`recording.dead_letter`) and its
    PubAck awaited;
 2. the attempt record is written (attempts, settled recipients, next attempt) whenever
    the message will come back, so a redelivery never sends to a settled recipient again;
-3. then ``nak(delay=...)`` if any recipient is deferred, else ``ack_sync``; only after a
-   confirmed ack are the attempt record and (when nobody was dead-lettered, who might be
-   replayed) the body object deleted (`recording.forget`).
+3. then ``nak(delay=...)`` if any recipient is deferred, else ``ack_sync`` (tried again
+   on the newest hand-out once the link is back); only after a confirmed ack are the
+   attempt record and (when nobody was dead-lettered, who might be replayed) the body
+   deleted (`recording.forget`). An ack left unconfirmed writes the finished record and
+   leaves the check to `recording.Backlog`: once the message is gone from the stream the
+   cleanup runs; a failed cleanup is logged and retried there, then left to the sweep.
 
 The catcher's mail follows the same rule: its copy on the CAUGHT stream is stored before
 the ack (`catch`). A crash anywhere in between leaves the message unacked: it is
-redelivered after ``ack_wait_s`` and the record says what is already done. Then the
+redelivered after ``ack_wait_s`` and the record says what is already done. Then the other
 events, one log line per group, and the counters: a mail counts once under each fate its
 recipients got.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from nats.aio.msg import Msg
 
-from dispatcher import recording
+from dispatcher import holding, recording
 from dispatcher.rules import classify, ledger
 from runtime import bus, eventing, metrics
 from schemas import events, mail
@@ -39,38 +47,58 @@ log = structlog.get_logger("dispatcher.settling")
 FAILED_DELAY_S = 5.0
 """Redelivery delay after the broker failed us mid-message, or a bug did."""
 
+ACK_TRIES = 3
+"""An ack left unconfirmed is tried again (on the newest hand-out, once the link is up)."""
+
 _NO_RECORD = mail.AttemptRecord()
+
+
+class LeaseLost(Exception):
+    """The trip's lease ran out before the upstream was asked (`holding`): someone else
+    has, or will have, the message; it is neither acked nor naked here."""
 
 
 @dataclass(frozen=True)
 class Mail:
     """The message being settled and what is known about it."""
 
-    msg: Msg
+    msg: holding.Held
     envelope: mail.Envelope
     record: mail.AttemptRecord
     had_record: bool
     """True when an attempt record is stored for it (it must be deleted at the end)."""
     policy: str
     upstream: str
+    redelivered: bool = False
+    """JetStream handed this message out before and no attempt record says how that ended:
+    an earlier copy may have reached the upstream (or the earlier hand-out was a hold)."""
 
 
 async def settle(
     stores: recording.Stores, item: Mail, decision: classify.Decision, now: datetime
 ) -> None:
-    """Persist, then ack or nak, then report; see the module docstring for the order."""
+    """Report what was accepted, persist, then ack or nak, then report the rest; see the
+    module docstring for the order."""
     env = item.envelope
     key = mail.attempts_key(env)
     record = ledger.after(item.record, decision, now=now, policy=item.policy,
                           upstream=item.upstream)
-    for verdict in decision.of(classify.Fate.DEAD):
-        await recording.dead_letter(stores, env, item.upstream, verdict, record, key, now)
-    if decision.settled:
-        await _finish(stores, item, record, key)
-    else:
-        if decision.attempt > 0 or record.done != item.record.done:
-            await recording.put(stores, key, record)  # a mere hold changes nothing worth it
-        await item.msg.nak(delay=decision.delay_s)
+    stored = _report_delivered(stores.conn, item, decision, now)
+    try:
+        for verdict in decision.of(classify.Fate.DEAD):
+            await recording.dead_letter(stores, env, item.upstream, verdict, record, key, now)
+        if decision.settled:
+            await _finish(stores, item, record, key)
+        else:
+            if decision.attempt > 0 or record.done != item.record.done:
+                await recording.put(stores, key, record)  # a mere hold changes nothing
+            await item.msg.nak(delay=decision.delay_s)
+    except asyncio.CancelledError:
+        stored.cancel()
+        raise
+    finally:
+        if not stored.cancelled():
+            await stored  # never raises: eventing.record logs its own failure
     await _report(stores.conn, item, decision, now)
     count(item, decision, now)
 
@@ -96,15 +124,20 @@ async def attempted(conn: bus.Conn, item: Mail, attempt: int, rcpt_count: int,
         attempt=attempt, rcpt_count=rcpt_count))
 
 
-async def undecodable(msg: Msg, error: str) -> None:
+async def undecodable(msg: holding.Held, error: str) -> None:
     """A message that is no `mail.Envelope` can never be delivered: terminate it."""
     log.error("dispatcher.mail_undecodable", subject=msg.subject, error=error)
     await msg.term()
 
 
-async def failed(msg: Msg, exc: Exception) -> None:
+async def failed(msg: holding.Held, exc: Exception) -> None:
     """Broker trouble (`bus.TRANSIENT`) or a bug while handling ``msg``: log it (a bug
-    with its traceback) and nak it, so it comes back later; called in the except block."""
+    with its traceback) and nak it, so it comes back later; called in the except block.
+    A lost lease is logged only: the message is someone else's now, a nak would hand it
+    out once more."""
+    if isinstance(exc, LeaseLost):
+        log.warning("dispatcher.lease_lost", seq=msg.seq, reason=str(exc))
+        return
     if isinstance(exc, bus.TRANSIENT):
         log.warning("dispatcher.message_failed", error=str(exc) or repr(exc))
     else:
@@ -123,11 +156,10 @@ def count_delivered(item: Mail, now: datetime) -> None:
 
 
 def count(item: Mail, decision: classify.Decision, now: datetime) -> None:
-    """The dispatcher's counters for one settled decision; a hold counts nothing."""
+    """The dispatcher's counters for one settled decision but its delivered groups (counted
+    first, `_report_delivered`); a hold counts nothing."""
     m = metrics.current()
     up, policy = item.upstream, item.policy
-    if decision.of(classify.Fate.DELIVERED):
-        count_delivered(item, now)
     for fate in sorted({str(v.dead_fate or classify.DeadFate.PERMANENT)
                         for v in decision.of(classify.Fate.DEAD)}):
         m.dead.labels(up, policy, fate).inc()
@@ -135,37 +167,79 @@ def count(item: Mail, decision: classify.Decision, now: datetime) -> None:
         m.deferred.labels(up, policy).inc()
 
 
+def _report_delivered(
+    conn: bus.Conn, item: Mail, decision: classify.Decision, now: datetime
+) -> asyncio.Task[bool]:
+    """What the upstream accepted, before anything can fail: the log line and the counter
+    now, and the task storing the ``delivered`` event (awaited by `settle`)."""
+    env = item.envelope
+    delivered = decision.of(classify.Fate.DELIVERED)
+    found: list[events.Delivered] = []
+    for verdict in delivered:
+        log.info("dispatcher.mail_delivered", attempt=decision.attempt,
+                 smtp_code=verdict.code, rcpt_count=len(verdict.rcpts),
+                 redelivered=item.redelivered)
+        found.append(events.Delivered(
+            mail_id=env.id, at=now, policy=item.policy, upstream=item.upstream,
+            attempt=decision.attempt, code=verdict.code, reply=verdict.reply,
+            rcpt_to=list(verdict.rcpts), redelivered=item.redelivered))
+    if delivered:
+        count_delivered(item, now)
+    handout = f"{mail.attempts_key(env)}.{item.msg.seq}.{item.msg.metadata.num_delivered}"
+
+    async def store() -> bool:
+        ok = True
+        for index, event in enumerate(found):
+            ok = await eventing.record(conn, event, f"{handout}.{index}") and ok
+        return ok
+
+    return asyncio.ensure_future(store())
+
+
 async def _finish(
     stores: recording.Stores, item: Mail, record: mail.AttemptRecord, key: str
 ) -> None:
     """Every recipient is settled: ack, and only once the ack is confirmed clean up."""
+    body = None if record.dead else item.envelope.body_ref
     try:
-        await item.msg.ack_sync(timeout=stores.conn.deadlines.ack_s)
+        await _ack(stores.conn, item.msg)
     except bus.TRANSIENT as exc:
         # The ack may or may not have landed. If not, the message comes back: make sure
-        # the record says everything is settled, so nothing is sent again.
+        # the record says everything is settled, so nothing is sent again; if it did, the
+        # backlog cleans up once the stream no longer holds the message.
         log.warning("dispatcher.ack_unconfirmed", error=str(exc) or repr(exc))
         if record != _NO_RECORD:
             await recording.put(stores, key, record)
+        stores.backlog.add(recording.Cleanup(
+            key=key, record=record != _NO_RECORD, body=body.name if body else None,
+            seq=item.msg.seq))
         return
-    await recording.forget(stores, key, had_record=item.had_record,
-                           body_ref=None if record.dead else item.envelope.body_ref)
+    await recording.forget(stores, key, had_record=item.had_record, body_ref=body)
+
+
+async def _ack(conn: bus.Conn, msg: holding.Held) -> None:
+    """``ack_sync``, tried again `ACK_TRIES` times once the link is up: on the newest
+    hand-out, as a broker restart hands held messages out again at once."""
+    deadlines = conn.deadlines
+    for tried in range(1, ACK_TRIES + 1):
+        try:
+            await msg.ack_sync(deadlines.ack_s)
+            return
+        except bus.TRANSIENT:
+            if tried == ACK_TRIES:
+                raise
+            await conn.link.wait_up(deadlines.ack_s)
 
 
 async def _report(conn: bus.Conn, item: Mail, decision: classify.Decision, now: datetime) -> None:
-    """The events of this decision and one log line per group (mail_id, policy and
-    upstream are bound in the context by `delivery`)."""
+    """The events of this decision and one log line per group but the delivered ones
+    (mail_id, policy and upstream are bound in the context by `delivery`)."""
     env = item.envelope
     for verdict in decision.verdicts:
         rcpts = list(verdict.rcpts)
         if verdict.fate is classify.Fate.DELIVERED:
-            await eventing.emit(conn, events.Delivered(
-                mail_id=env.id, at=now, policy=item.policy, upstream=item.upstream,
-                attempt=decision.attempt, code=verdict.code, reply=verdict.reply,
-                rcpt_to=rcpts))
-            log.info("dispatcher.mail_delivered", attempt=decision.attempt,
-                     smtp_code=verdict.code, rcpt_count=len(rcpts))
-        elif verdict.fate is classify.Fate.DEAD:
+            continue  # reported first, by _report_delivered
+        if verdict.fate is classify.Fate.DEAD:
             fate = str(verdict.dead_fate or classify.DeadFate.PERMANENT)
             await eventing.emit(conn, events.Dead(
                 mail_id=env.id, at=now, policy=item.policy, upstream=item.upstream,

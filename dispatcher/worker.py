@@ -11,8 +11,12 @@ then the rate limits are unknown. Each message is handled in its own task
 (`delivery.handle`), behind a bulkhead: broker trouble or a bug in one message is logged
 and that message naked (`settling.failed`), the worker goes on.
 
-A message that takes longer than a third of ``ack_wait_s`` is kept alive with
-``in_progress()``. On quit the worker stops fetching, lets in-flight messages finish
+In-flight messages are `holding.Held`, keyed by stream sequence: a message JetStream hands
+back while this process still holds it (a freeze past ``ack_wait_s``, a broker restart)
+renews the held one (its newer handle is the one acked) and starts no second trip; its
+slot and rate token are given back at once. A message that takes longer than a third of
+``ack_wait_s`` is kept alive with ``in_progress()`` while the link is up and its lease has
+not run out. On quit the worker stops fetching, lets in-flight messages finish
 within ``grace_s`` and cancels the rest: an unacked message is simply redelivered later,
 so correctness never depends on a clean stop.
 """
@@ -28,7 +32,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from dispatcher import consumers, delivery, settling
+from dispatcher import consumers, delivery, holding, settling
 from dispatcher.rules import limiting
 from runtime import bus, waiting
 from schemas import names
@@ -104,18 +108,28 @@ async def run(
     quit_: asyncio.Event,
 ) -> None:
     """Fetch and handle until ``quit_``; then drain within ``grace_s``."""
-    inflight: dict[str, tuple[Msg, float]] = {}
-    """By reply subject (unique per delivery): the message and when it was fetched."""
+    inflight: dict[int, holding.Held] = {}
+    """By stream sequence: one entry however often JetStream hands the message out."""
     tasks: set[asyncio.Task[None]] = set()
     drained = asyncio.Event()
     cfg = shared.trip.cfg
+    ack_wait_s = cfg.dispatcher.ack_wait_s
+    loop = asyncio.get_running_loop()
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(_keepalive(cfg.dispatcher.ack_wait_s, inflight, drained))
+        tg.create_task(_keepalive(shared.trip.stores.conn.link, ack_wait_s, inflight, drained))
         lane = _Lane()
         while not quit_.is_set():
             for msg in await _fetch(shared, pair, sub, quit_, lane):
-                inflight[msg.reply] = (msg, asyncio.get_running_loop().time())
-                task = tg.create_task(_one(shared, pair, msg, inflight))
+                held = inflight.get(msg.metadata.sequence.stream)
+                if held is not None:
+                    held.renew(msg, loop.time())
+                    log.info("dispatcher.redelivery_joined", upstream=pair.upstream,
+                             policy=pair.policy, seq=held.seq, handouts=held.handouts)
+                    await _give_back(shared, pair)
+                    continue
+                held = holding.Held(msg, loop.time(), ack_wait_s)
+                inflight[held.seq] = held
+                task = tg.create_task(_one(shared, pair, held, inflight))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         if tasks:
@@ -179,31 +193,46 @@ async def _fetch(
     return msgs
 
 
+async def _give_back(shared: Shared, pair: consumers.Pair) -> None:
+    """The slot and the rate token of a hand-out that started no trip."""
+    shared.gate(pair.upstream).release(1)
+    snap = shared.trip.holder.current
+    view = snap.policies.get(pair.policy) if snap else None
+    await shared.limiter.refund(pair.policy, view.ratelimit if view else None, 1)
+
+
 async def _keepalive(
-    ack_wait_s: float, inflight: dict[str, tuple[Msg, float]], drained: asyncio.Event
+    link: bus.Link, ack_wait_s: float, inflight: dict[int, holding.Held],
+    drained: asyncio.Event,
 ) -> None:
     """Tell the server every message held longer than a third of ``ack_wait_s`` is still
-    being worked on, so a slow delivery is not handed to another replica meanwhile."""
+    being worked on, so a slow delivery is not handed to another replica meanwhile. Only
+    a live lease is kept alive, and only on a live link: a word buffered while the link is
+    down may never reach the server, so it does not count."""
     period = max(ack_wait_s / 3, 0.05)
     while not drained.is_set():
         await waiting.sleep_or_stop(drained, period)
         now = asyncio.get_running_loop().time()
-        for msg, started in list(inflight.values()):
-            if now - started >= period and not msg.is_acked:
-                with contextlib.suppress(*bus.TRANSIENT):
-                    await msg.in_progress()
+        for held in list(inflight.values()):
+            if now - held.told_at < period or held.is_acked or not held.leased(now):
+                continue
+            with contextlib.suppress(*bus.TRANSIENT):
+                await held.in_progress()
+                if link.is_up:
+                    held.kept_alive(now)
 
 
 async def _one(
-    shared: Shared, pair: consumers.Pair, msg: Msg, inflight: dict[str, tuple[Msg, float]]
+    shared: Shared, pair: consumers.Pair, held: holding.Held,
+    inflight: dict[int, holding.Held],
 ) -> None:
     """Handle one message; the bulkhead that keeps one bad message from stopping the
     worker: broker trouble and bugs alike are logged and the message comes back later."""
     try:
-        await delivery.handle(shared.trip, pair, msg)
+        await delivery.handle(shared.trip, pair, held)
     except Exception as exc:  # the bulkhead: settling.failed logs it (a bug with its traceback)
-        await settling.failed(msg, exc)
+        await settling.failed(held, exc)
     finally:
-        inflight.pop(msg.reply, None)
+        inflight.pop(held.seq, None)
         shared.gate(pair.upstream).release(1)
         structlog.contextvars.clear_contextvars()

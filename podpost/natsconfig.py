@@ -206,6 +206,9 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
                 *_kv_read(rates), *_kv_write(rates), *_kv_keys(rates),
                 *_obj_read(bus.bodies_bucket), *_obj_put(bus.bodies_bucket),
                 *_kv_read(bus.control_bucket), *_kv_keys(bus.control_bucket),
+                # the sweep: MAIL read by sequence, DEAD and CAUGHT scanned for body refs
+                *_get(bus.mail_stream), *_consume(bus.dead_stream),
+                *_consume(bus.caught_stream),
             ]),
             subscribe_allow=(inbox,),
             publish_deny=_dedupe([*_kv_write(credentials), *_kv_write(policy),

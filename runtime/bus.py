@@ -13,9 +13,11 @@ The reads written once here: the policy snapshot (`read_snapshot`), a stream's c
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -35,7 +37,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
 from runtime import settings as settings_mod
 from schemas import mail, names
@@ -61,6 +63,52 @@ means more spells it ``(*bus.TRANSIENT, Other)``."""
 _DEFAULT_DEADLINES = settings_mod.DeadlineSettings()
 
 
+class LinkBroken(nats.errors.Error):
+    """The connection to the broker broke (or came back) while a long read was in flight:
+    the read was cut, as its subscription does not survive a broker restart. Transient."""
+
+
+class Link:
+    """The state of one connection as nats-py reports it (its disconnect and reconnect
+    callbacks): whether it is up, and an Event that fires at its next change, so a long
+    read (a body from the object store) is cut at once instead of hanging until its
+    deadline after a broker restart."""
+
+    def __init__(self) -> None:
+        self.changes = 0
+        self._up = asyncio.Event()
+        self._up.set()
+        self._changed = asyncio.Event()
+
+    @property
+    def is_up(self) -> bool:
+        return self._up.is_set()
+
+    def changed(self) -> asyncio.Event:
+        """Set at the next disconnect or reconnect (take it before the work it guards)."""
+        return self._changed
+
+    def went_down(self) -> None:
+        self._up.clear()
+        self._flip()
+
+    def came_back(self) -> None:
+        self._up.set()
+        self._flip()
+
+    async def wait_up(self, timeout_s: float) -> bool:
+        """Until the connection is up, at most ``timeout_s``; whether it is."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._up.wait()
+        return self.is_up
+
+    def _flip(self) -> None:
+        self.changes += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
 @dataclass(frozen=True)
 class Conn:
     """A live connection and the handles every role uses."""
@@ -70,6 +118,8 @@ class Conn:
     names: names.Bus
     deadlines: settings_mod.DeadlineSettings = _DEFAULT_DEADLINES
     """The network deadlines of `settings_mod.NatsSettings.deadlines`."""
+    link: Link = field(default_factory=Link)
+    """Up or down, as the connection's callbacks last said (`open_connection` wires it)."""
 
 
 def stream_configs(
@@ -277,20 +327,23 @@ def connect_options(cfg: settings_mod.NatsSettings, default_name: str) -> dict[s
     return options
 
 
-def conn_for(nc: Client, cfg: settings_mod.NatsSettings) -> Conn:
-    """The handles of a connection made with ``cfg``."""
+def conn_for(nc: Client, cfg: settings_mod.NatsSettings, link: Link | None = None) -> Conn:
+    """The handles of a connection made with ``cfg`` (``link``: its callbacks' state)."""
     return Conn(nc=nc, js=nc.jetstream(timeout=cfg.deadlines.api_s),
-                names=names.Bus(prefix=cfg.prefix), deadlines=cfg.deadlines)
+                names=names.Bus(prefix=cfg.prefix), deadlines=cfg.deadlines,
+                link=link or Link())
 
 
-async def _connect_once(cfg: settings_mod.NatsSettings, role: str) -> Client:
+async def _connect_once(cfg: settings_mod.NatsSettings, role: str, link: Link) -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("bus.error_reported", error=str(exc) or type(exc).__name__)
 
     async def on_disconnect() -> None:
+        link.went_down()
         log.warning("bus.disconnected")
 
     async def on_reconnect() -> None:
+        link.came_back()
         log.info("bus.reconnected")
 
     return await nats.connect(
@@ -315,10 +368,11 @@ async def open_connection(
     until cancelled). Later disconnects are retried by nats-py itself, forever."""
     tried = 0
     delay = 0.2
+    link = Link()
     while True:
         tried += 1
         try:
-            nc = await _connect_once(cfg, role)
+            nc = await _connect_once(cfg, role, link)
             break
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             if attempts is not None and tried >= attempts:
@@ -327,7 +381,7 @@ async def open_connection(
                         error=str(exc) or type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-    return conn_for(nc, cfg)
+    return conn_for(nc, cfg, link)
 
 
 async def _ensure_retrying(conn: Conn, replicas: int, attempts: int | None) -> None:
@@ -367,20 +421,82 @@ async def connect(
                 await conn.nc.close()
 
 
-async def read_body(store: ObjectStore, env: mail.Envelope, timeout_s: float) -> bytes | None:
+BODY_READ_TRIES = 3
+"""A body read cut by a broken link is started again (once the link is up) this often."""
+
+
+async def read_body(
+    store: ObjectStore, env: mail.Envelope, timeout_s: float, link: Link | None = None
+) -> bytes | None:
     """The stored message of an envelope: inline, or from the BODIES object store within
     ``timeout_s``; None when it has none or its object is gone (never stored, or deleted).
-    Other broker errors (`TRANSIENT`) are the caller's to handle."""
+
+    With ``link``, a read in flight when the connection breaks or comes back is cut at
+    once and started again when the link is up (`BODY_READ_TRIES` in all, within the same
+    ``timeout_s``): its subscription does not survive a broker restart, and nats-py's own
+    reader then hangs. Other broker errors (`TRANSIENT`, `LinkBroken` among them) are the
+    caller's to handle."""
     if env.body is not None:
         return env.body
     if env.body_ref is None:
         return None
     try:
         async with asyncio.timeout(timeout_s):
-            result = await store.get(env.body_ref.name)
+            for tried in range(1, BODY_READ_TRIES + 1):
+                if link is None:
+                    return await _read_object(store, env.body_ref.name)
+                await link.wait_up(timeout_s)
+                try:
+                    return await _unless_changed(
+                        _read_object(store, env.body_ref.name), link.changed())
+                except LinkBroken:
+                    log.warning("bus.body_read_cut", tried=tried)
+            raise LinkBroken(f"the link broke {BODY_READ_TRIES} times during one body read")
     except nats.js.errors.NotFoundError:  # ObjectNotFoundError, ObjectDeletedError
         return None
-    return result.data or b""
+
+
+async def _unless_changed(read: Any, changed: asyncio.Event) -> bytes:
+    """``read``, cut (`LinkBroken`) when ``changed`` fires first; no task outlives it."""
+    work: asyncio.Task[bytes] = asyncio.ensure_future(read)
+    watch = asyncio.ensure_future(changed.wait())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, watch):
+            task.cancel()
+        await asyncio.gather(work, watch, return_exceptions=True)
+    if work.cancelled():
+        raise LinkBroken("the link changed during a body read")
+    return work.result()
+
+
+async def _read_object(store: ObjectStore, name: str) -> bytes:
+    """One object's bytes, as nats-py's ``ObjectStore.get`` reads them (its info, then its
+    chunks from an ordered consumer, the digest checked) but with the chunk subscription
+    always removed, also when the read is cut."""
+    info = await store.get_info(name)
+    if not info.size:
+        return b""
+    bucket = store._name
+    sub = await store._js.subscribe(
+        OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=info.nuid), ordered_consumer=True,
+        stream=OBJ_STREAM_TEMPLATE.format(bucket=bucket))
+    try:
+        digest = hashlib.sha256()
+        parts: list[bytes] = []
+        async for msg in sub.messages:
+            parts.append(msg.data)
+            digest.update(msg.data)
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        with contextlib.suppress(*TRANSIENT):
+            await sub.unsubscribe()
+    want = (info.digest or "").partition("=")[2]
+    if base64.urlsafe_b64decode(want + "=" * (-len(want) % 4)) != digest.digest():
+        raise nats.js.errors.DigestMismatchError
+    return b"".join(parts)
 
 
 async def consumer_infos(conn: Conn, stream: str | None = None) -> list[ConsumerInfo]:

@@ -2,10 +2,14 @@
 
 Events are observability, not the mail: they go out with a core NATS publish (no wait for
 a PubAck) so they never slow the hot path. The stream captures them; a broker outage may
-lose some events, never a mail.
+lose some events, never a mail. The one exception is `record`: what an upstream accepted
+must be on the record however often it happened, so that event is stored (its PubAck
+awaited, a few tries, deduplicated by the caller's id).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import structlog
 
@@ -22,3 +26,24 @@ async def emit(conn: bus.Conn, event: events.AnyEvent) -> None:
     except bus.TRANSIENT as exc:
         log.warning("eventing.emit_failed", kind=events.kind_of(event),
                     mail_id=event.mail_id, error=str(exc) or type(exc).__name__)
+
+
+RECORD_TRIES = 3
+
+
+async def record(conn: bus.Conn, event: events.AnyEvent, msg_id: str) -> bool:
+    """Store ``event`` on the EVENTS stream and await its PubAck (within ``publish_s``),
+    `RECORD_TRIES` times at most; ``msg_id`` makes a retry after a lost PubAck one event.
+    Whether it was stored; a failure is logged, never raised."""
+    subject = conn.names.event_subject(events.kind_of(event))
+    payload = events.event_encoder.encode(event)
+    for tried in range(1, RECORD_TRIES + 1):
+        try:
+            async with asyncio.timeout(conn.deadlines.publish_s):
+                await conn.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+            return True
+        except bus.TRANSIENT as exc:
+            log.warning("eventing.record_failed", kind=events.kind_of(event), tried=tried,
+                        mail_id=event.mail_id, error=str(exc) or type(exc).__name__)
+            await conn.link.wait_up(conn.deadlines.publish_s)
+    return False

@@ -128,8 +128,11 @@ class DispatcherSettings(_Section, frozen=True, kw_only=True):
     SMTPServer does not set one; ten suits providers like Mailtrap."""
     batch: int = 50
     """Messages fetched at once per consumer."""
-    ack_wait_s: float = 120.0
-    """A message not acked within this is redelivered (the dispatcher holding it died)."""
+    ack_wait_s: float = 15.0
+    """A message not acked within this is redelivered (the dispatcher holding it died or
+    froze). It bounds how long a killed dispatcher's mail waits, not how long a delivery
+    may take: a held message is kept alive with ``in_progress`` every third of it, so a
+    slow 25 MiB delivery keeps its lease."""
     smtp_timeout_s: float = 60.0
     """Deadline for each SMTP command to an upstream."""
     idle_connection_s: float = 30.0
@@ -151,6 +154,12 @@ class DispatcherSettings(_Section, frozen=True, kw_only=True):
     """Seconds a held mail, or one of a suspended upstream, waits before it is looked at
     again (a nak's delay cannot be shortened): how late a ``podpost queue resume`` or
     ``release`` takes effect at most. Each held mail comes back this often."""
+    sweep_interval_s: float = 900.0
+    """How often each replica sweeps the attempt records and body objects no mail refers
+    to any more (residue of crashes and lost acks); 0 turns the sweep off."""
+    sweep_grace_s: float = 7200.0
+    """A record or body younger than this is never swept: twice the MAIL stream's
+    duplicate window, within which a client's retry may still reuse an object."""
 
 
 class ReconcilerSettings(_Section, frozen=True, kw_only=True):

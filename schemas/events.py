@@ -51,6 +51,9 @@ class Delivered(Event, frozen=True, tag="delivered", kw_only=True):
     code: int | None = None
     reply: str = ""
     rcpt_to: list[str] = []
+    redelivered: bool = False
+    """JetStream had handed the message out before without a record of how that ended:
+    an earlier copy may have reached the upstream too (a duplicate)."""
 
 
 class Dead(Event, frozen=True, tag="dead", kw_only=True):
