@@ -62,11 +62,6 @@ spec:
   retry: {{minDelay: 1s, maxDelay: 2s, maxQueueAge: 1h}}
 """
 
-ACK_WAIT_S = 30.0
-"""Dispatchers' ack wait where nothing needs a redelivery: long, so a dispatcher starved
-of CPU for a moment is not mistaken for a dead one (which would send a message twice)."""
-SHORT_ACK_WAIT_S = 4.0
-"""Where a dispatcher or the broker is killed: how soon its unacked messages come back."""
 MAX_CONNECTIONS = 10
 """The sink's maxConnections: the most messages one dispatcher holds at once, so the most
 a SIGKILLed dispatcher can have delivered without acking (possible duplicates)."""
@@ -150,6 +145,16 @@ class Role:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process holds what it holds and says nothing (a long pause)."""
+        assert self.proc is not None and self.proc.returncode is None, f"{self.name} not running"
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after `freeze`."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     async def kill(self) -> None:
         """SIGKILL: no drain, no goodbye."""
         assert self.proc is not None and self.proc.returncode is None, f"{self.name} not running"
@@ -172,7 +177,6 @@ def environment(nats_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
     env.update(PODPOST_NATS_URL=nats_url, PODPOST_LOG__FORMAT="json",
                PODPOST_LOG__LEVEL="warning", PODPOST_GRACE_S="2",
-               PODPOST_DISPATCHER__ACK_WAIT_S=str(ACK_WAIT_S),
                PODPOST_DISPATCHER__DISCOVERY_INTERVAL_S="0.5",
                PODPOST_INGRESS__PUBLISH_TIMEOUT_S="3",
                PODPOST_INGRESS__HOST="127.0.0.1", PODPOST_INGRESS__HOSTNAME="mx.relay.test")
@@ -200,6 +204,16 @@ class Relay:
 
     def dispatchers(self) -> list[Role]:
         return [role for name, role in self.roles.items() if name.startswith("dispatcher")]
+
+    async def add_dispatcher(self) -> Role:
+        """Start one more dispatcher with the others' environment."""
+        first = self.dispatchers()[0]
+        index = len(self.dispatchers())
+        role = Role(f"dispatcher-{index}", ["dispatcher"], first.env,
+                    self.dir / f"dispatcher-{index}.log")
+        self.roles[role.name] = role
+        await role.start()
+        return role
 
     def crashed(self) -> list[str]:
         """Roles that ended on their own (not SIGKILLed by us)."""
@@ -284,6 +298,7 @@ class Client:
         self.reader = reader
         self.writer = writer
         self.timeout_s = timeout_s
+        self.last_reply = ""
 
     @classmethod
     async def open(cls, port: int, timeout_s: float = 10.0) -> Client | None:
@@ -305,7 +320,7 @@ class Client:
         return None
 
     async def reply(self) -> int:
-        """The code of one whole reply."""
+        """The code of one whole reply (its last line is kept in ``last_reply``)."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 while True:
@@ -313,6 +328,7 @@ class Client:
                     if len(line) < 4 or not line[:3].isdigit():
                         raise Cut(repr(line[:40]))
                     if line[3:4] != b"-":
+                        self.last_reply = line.decode(errors="replace").strip()
                         return int(line[:3])
         except TimeoutError as exc:
             raise Cut("timeout") from exc
@@ -350,6 +366,8 @@ class Load:
     gave_up: set[int] = field(default_factory=set)
     confirmed_at: list[float] = field(default_factory=list)
     """``time.monotonic()`` of each 250, in order."""
+    mail_ids: dict[int, str] = field(default_factory=dict)
+    """The mail id of each message answered 250 (``queued as <id>``)."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _next: int = 0
 
@@ -396,6 +414,7 @@ class Load:
                         client = None
                         continue
                     if code == 250:
+                        self.mail_ids[index] = client.last_reply.rsplit(" ", 1)[-1]
                         self.confirmed.add(index)
                         self.confirmed_at.append(time.monotonic())
                         self.changed.set()

@@ -7,7 +7,9 @@ selects, like httpx's ``/status/<code>`` routes:
 - ``drop@...``: the connection is dropped at DATA;
 - anything else is accepted and the message kept in ``messages``.
 
-``flaky`` makes the next N deliveries answer 451 at DATA, then recover.
+``flaky`` makes the next N deliveries answer 451 at DATA, then recover. A closed ``gate``
+(`Handler.close_gate`) holds every DATA reply until it is opened again, so a test can
+break something while deliveries are in flight; ``waiting`` counts the held ones.
 
 The handler counts sessions: ``connections`` opened in all, ``active`` open now and
 ``max_active`` at most at once. `AuthHandler` adds logins (PLAIN, LOGIN, CRAM-MD5, and
@@ -58,9 +60,20 @@ class Handler:
     """The sessions open now."""
     no_sessions: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while no session is open."""
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    """DATA is answered only while this is set (it is, unless `close_gate` was called)."""
+    waiting: int = 0
+    """DATA replies held by the closed gate now."""
 
     def __post_init__(self) -> None:
         self.no_sessions.set()
+        self.gate.set()
+
+    def close_gate(self) -> None:
+        self.gate.clear()
+
+    def open_gate(self) -> None:
+        self.gate.set()
 
     def session_opened(self, server: SMTP) -> None:
         self.sessions.add(server)
@@ -98,6 +111,12 @@ class Handler:
             return "421 dropped"
         if any(r.startswith("slow@") for r in rcpts):
             await asyncio.sleep(self.slow_s)
+        if not self.gate.is_set():
+            self.waiting += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.waiting -= 1
         if self.flaky > 0:
             self.flaky -= 1
             return "451 4.3.0 test upstream is flaky, try later"
