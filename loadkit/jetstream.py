@@ -12,8 +12,8 @@ import nats.errors
 import nats.js.errors
 
 from dispatcher import recording, sweeping
-from runtime import bus, settings
-from schemas import names
+from runtime import bus, scanning, settings
+from schemas import events, names
 
 
 async def bodies_left(nats_url: str) -> int:
@@ -121,3 +121,17 @@ async def sweep(nats_url: str) -> sweeping.Swept:
     async with bus.connect(cfg, "dispatcher", attempts=3, ensure_bus=False) as conn:
         stores = await recording.open_stores(conn)
         return await sweeping.sweep(stores, now=datetime.now(UTC), grace_s=0.0)
+
+
+async def delivered_events(nats_url: str) -> dict[str, list[bool]]:
+    """Every stored ``delivered`` event by mail id: its ``redelivered`` marks, in order
+    (what ``podpost trace`` shows of deliveries)."""
+    cfg = settings.NatsSettings(url=nats_url)
+    out: dict[str, list[bool]] = {}
+    async with bus.connect(cfg, "admin", attempts=3, ensure_bus=False) as conn:
+        for stored in await scanning.scan(conn, conn.names.events_stream,
+                                          conn.names.event_subject("delivered")):
+            event = events.event_decoder.decode(stored.data)
+            if isinstance(event, events.Delivered):
+                out.setdefault(event.mail_id, []).append(event.redelivered)
+    return out

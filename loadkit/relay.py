@@ -172,6 +172,21 @@ class Role:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+async def _delivered_total(port: int) -> float:
+    """``podpost_dispatcher_delivered_total`` summed over its labels, from /metrics."""
+    async with asyncio.timeout(10):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            text = (await reader.read()).decode(errors="replace")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("podpost_dispatcher_delivered_total{"))
+
+
 def environment(nats_url: str, **extra: str) -> dict[str, str]:
     """The parent's environment without any PODPOST_* variable, plus ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
@@ -209,7 +224,8 @@ class Relay:
         """Start one more dispatcher with the others' environment."""
         first = self.dispatchers()[0]
         index = len(self.dispatchers())
-        role = Role(f"dispatcher-{index}", ["dispatcher"], first.env,
+        role = Role(f"dispatcher-{index}", ["dispatcher"],
+                    {**first.env, "PODPOST_HEALTH__PORT": str(free_port())},
                     self.dir / f"dispatcher-{index}.log")
         self.roles[role.name] = role
         await role.start()
@@ -218,6 +234,15 @@ class Relay:
     def crashed(self) -> list[str]:
         """Roles that ended on their own (not SIGKILLed by us)."""
         return [name for name, role in self.roles.items() if not role.alive]
+
+    async def delivered_counted(self) -> float:
+        """The sum of the live dispatchers' ``podpost_dispatcher_delivered_total``."""
+        total = 0.0
+        for role in self.dispatchers():
+            port = role.env.get("PODPOST_HEALTH__PORT")
+            if role.alive and port:
+                total += await _delivered_total(int(port))
+        return total
 
     def peak_rss(self) -> dict[str, float]:
         return {name: round(peak_rss_mib(role.proc.pid if role.proc else None), 1)
@@ -244,8 +269,11 @@ async def running(
         "ingress", ["ingress", "--host", "127.0.0.1", "--port", str(relay.port)],
         variables, dir / "ingress.log")
     for i in range(dispatchers):
+        # each dispatcher serves /metrics on a port of its own (`delivered_counted`)
         relay.roles[f"dispatcher-{i}"] = Role(
-            f"dispatcher-{i}", ["dispatcher"], variables, dir / f"dispatcher-{i}.log")
+            f"dispatcher-{i}", ["dispatcher"],
+            {**variables, "PODPOST_HEALTH__HOST": "127.0.0.1",
+             "PODPOST_HEALTH__PORT": str(free_port())}, dir / f"dispatcher-{i}.log")
     try:
         for role in relay.roles.values():
             await role.start()
@@ -360,6 +388,8 @@ class Load:
     sessions: int = 40
     deadline_s: float = 90.0
     padding: int = 0
+    large_every: int = 1
+    """Only every ``large_every``-th message gets the ``padding``."""
     confirmed: set[int] = field(default_factory=set)
     refusals: collections.Counter[str] = field(default_factory=collections.Counter)
     """Non-250 outcomes seen by clients: ``451``, ``421``, ``cut``, ``connect``..."""
@@ -395,7 +425,8 @@ class Load:
             while self._next < self.count:
                 index = self._next
                 self._next += 1
-                data = message(self.tag, index, self.padding)
+                data = message(self.tag, index,
+                               self.padding if index % self.large_every == 0 else 0)
                 while True:
                     if time.monotonic() > stop_at:
                         self.gave_up.add(index)

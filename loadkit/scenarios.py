@@ -93,6 +93,28 @@ def kill_nats(server: natsserver.NatsServer, down_s: float = 2.0) -> Breaker:
     return breaker
 
 
+def kill_leaders(cluster: natsserver.Cluster) -> Breaker:
+    """SIGKILL the node leading the MAIL stream a quarter into the load; once another
+    quarter was accepted start it again, and SIGKILL the node leading the BODIES store
+    then (one node down at a time: the quorum of 3 replicas holds)."""
+
+    async def breaker(relay: relay_mod.Relay, load: relay_mod.Load) -> dict[str, Any]:
+        bus_names = names.Bus()
+        await load.until_confirmed(load.count // 4)
+        first = await jetstream.stream_leader(cluster.url, bus_names.mail_stream)
+        await cluster.node(first).kill()
+        await _grows(load, load.count // 4, timeout_s=40.0)
+        await cluster.node(first).start()
+        second = await jetstream.stream_leader(
+            cluster.url, names.obj_stream(bus_names.bodies_bucket))
+        await cluster.node(second).kill()
+        await _grows(load, load.count // 8, timeout_s=40.0)
+        await cluster.node(second).start()
+        return {"killed": [first, second]}
+
+    return breaker
+
+
 def kill_stream_leader(cluster: natsserver.Cluster) -> Breaker:
     """SIGKILL the cluster node that leads the MAIL stream a quarter into the load."""
 
@@ -109,7 +131,7 @@ def kill_stream_leader(cluster: natsserver.Cluster) -> Breaker:
 async def run_load(
     scenario: str, dir: Path, nats_url: str, breaker: Breaker, *, messages: int,
     sessions: int, dispatchers: int = 2, env: dict[str, str] | None = None,
-    padding: int = 0,
+    padding: int = 0, large_every: int = 1,
 ) -> relay_mod.Figures:
     """Start the relay, run the load with ``breaker`` acting in the middle of it, wait for
     the deliveries and return the figures."""
@@ -119,7 +141,8 @@ async def run_load(
                                      **(env or {})) as relay:
             await relay_mod.wait_ready(relay)
             load = relay_mod.Load(relay.port, messages, tag=scenario, sessions=sessions,
-                                  deadline_s=max(90.0, messages / 40), padding=padding)
+                                  deadline_s=max(90.0, messages / 40), padding=padding,
+                                  large_every=large_every)
             started = time.monotonic()
             task = asyncio.create_task(load.run())
             try:
@@ -138,6 +161,17 @@ async def run_load(
             # a record and a body are removed just after their mail's ack (a failed
             # removal is retried): allow a moment; what a killed process left is the
             # sweep's, which runs on the drained relay (nothing in flight, so no grace)
+            # every copy that reached the upstream is on the record: a delivered event
+            # (trace) and the dispatchers' counter, however often it arrived
+            traced = await jetstream.delivered_events(nats_url)
+            notes["trace_mismatches"] = sorted(
+                index for index, n in counts.items()
+                if len(traced.get(load.mail_ids.get(index, ""), [])) != n)
+            notes["duplicates_marked"] = all(
+                sum(traced.get(load.mail_ids.get(index, ""), [])) >= n - 1
+                for index, n in counts.items() if n > 1)
+            notes["received"] = len(upstream.handler.messages)
+            notes["delivered_counted"] = await relay.delivered_counted()
             left = await jetstream.until_clean(nats_url)
             notes["residue_left"] = left
             notes["bodies_left"] = left["objects"]
@@ -170,15 +204,20 @@ async def crash(role: str, dir: Path, *, messages: int = 2000, sessions: int = 4
         return figures
 
 
-async def cluster_failover(dir: Path, *, messages: int = 2000, sessions: int = 40
+async def cluster_failover(dir: Path, *, messages: int = 2000, sessions: int = 40,
+                           leaders: bool = False, padding: int = 0, large_every: int = 1,
                            ) -> relay_mod.Figures:
-    """A 3-node cluster, 3-replica streams; SIGKILL the MAIL stream's leader under load."""
+    """A 3-node cluster, 3-replica streams; SIGKILL the MAIL stream's leader under load
+    (``leaders``: then the BODIES store's too, `kill_leaders`); ``padding`` bytes on every
+    ``large_every``-th message."""
     nodes = natsserver.cluster(dir / "cluster")
     try:
         await nodes.start()
         await jetstream.jetstream_ready(nodes.url)
-        return await run_load("kill-cluster-node", dir / "relay", nodes.url,
-                              kill_stream_leader(nodes), messages=messages, sessions=sessions,
-                              env={"PODPOST_NATS__REPLICAS": "3"})
+        breaker = kill_leaders(nodes) if leaders else kill_stream_leader(nodes)
+        scenario = "kill-cluster-leaders" if leaders else "kill-cluster-node"
+        return await run_load(scenario, dir / "relay", nodes.url, breaker, messages=messages,
+                              sessions=sessions, env={"PODPOST_NATS__REPLICAS": "3"},
+                              padding=padding, large_every=large_every)
     finally:
         await nodes.stop()
