@@ -8,6 +8,12 @@ scale, each printed as one line of figures (lost, duplicated, refusals, crashes,
   a twentieth of the messages, 300 KiB each, so every body goes through the object store;
 - ``kill-cluster-node``: a 3-node loopback cluster with 3-replica streams, the MAIL
   stream's leader SIGKILLed under load;
+- ``kill-cluster-leaders``: the same, then (that node back) the BODIES store's leader, with
+  a 300 KiB body on every 15th message;
+
+Every load run also reports what is on the record (``trace_mismatches``: mails whose
+delivered events differ from the copies the upstream got; ``delivered_counted`` against
+``received``) and the residue (``residue_left`` once drained, ``residue_after_sweep``).
 - ``fuzz``: ``--fuzz-scripts`` generated scripts, each in four client modes, against an
   in-process ingress, 200 sessions at a time;
 - ``idle``: ``--idle`` silent connections against an ``podpost ingress`` process: its RSS,
@@ -162,6 +168,8 @@ async def main(args: argparse.Namespace) -> None:
             "nats", d, messages=max(100, args.messages // 20), sessions=args.sessions // 2,
             padding=300 * 1024),
         "kill-cluster-node": lambda d: scenarios.cluster_failover(d, **load),
+        "kill-cluster-leaders": lambda d: scenarios.cluster_failover(
+            d, **load, leaders=True, padding=300 * 1024, large_every=15),
         "fuzz": lambda d: fuzz(d, args.fuzz_scripts),
         "idle": lambda d: idle(d, args.idle),
     }

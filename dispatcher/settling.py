@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -185,7 +186,10 @@ def _report_delivered(
             rcpt_to=list(verdict.rcpts), redelivered=item.redelivered))
     if delivered:
         count_delivered(item, now)
-    handout = f"{mail.attempts_key(env)}.{item.msg.seq}.{item.msg.metadata.num_delivered}"
+    # one id per copy sent: a retry of this trip's event is dropped as a duplicate, the
+    # event of another copy never is (a broker restart may hand the same sequence out
+    # again with the same delivery count)
+    handout = f"{mail.attempts_key(env)}.{item.msg.seq}.{secrets.token_hex(6)}"
 
     async def store() -> bool:
         ok = True

@@ -16,9 +16,9 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -44,6 +44,8 @@ from schemas import mail, names
 from schemas import snapshot as snapshot_mod
 
 log = structlog.get_logger("podpost.bus")
+
+T = TypeVar("T")
 
 DAY = 86400.0
 MAX_PAYLOAD_HINT = 1024 * 1024
@@ -447,7 +449,7 @@ async def read_body(
                     return await _read_object(store, env.body_ref.name)
                 await link.wait_up(timeout_s)
                 try:
-                    return await _unless_changed(
+                    return await unless_link_changes(
                         _read_object(store, env.body_ref.name), link.changed())
                 except LinkBroken:
                     log.warning("bus.body_read_cut", tried=tried)
@@ -456,9 +458,11 @@ async def read_body(
         return None
 
 
-async def _unless_changed(read: Any, changed: asyncio.Event) -> bytes:
-    """``read``, cut (`LinkBroken`) when ``changed`` fires first; no task outlives it."""
-    work: asyncio.Task[bytes] = asyncio.ensure_future(read)
+async def unless_link_changes(work_: Coroutine[Any, Any, T], changed: asyncio.Event) -> T:
+    """``work_``, cut (`LinkBroken`) when ``changed`` (`Link.changed`) fires first: a
+    request whose reply a broker restart lost is not waited for to its deadline. No task
+    outlives the call."""
+    work: asyncio.Task[T] = asyncio.ensure_future(work_)
     watch = asyncio.ensure_future(changed.wait())
     try:
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -467,7 +471,7 @@ async def _unless_changed(read: Any, changed: asyncio.Event) -> bytes:
             task.cancel()
         await asyncio.gather(work, watch, return_exceptions=True)
     if work.cancelled():
-        raise LinkBroken("the link changed during a body read")
+        raise LinkBroken("the link changed while waiting for the broker")
     return work.result()
 
 

@@ -32,18 +32,21 @@ RECORD_TRIES = 3
 
 
 async def record(conn: bus.Conn, event: events.AnyEvent, msg_id: str) -> bool:
-    """Store ``event`` on the EVENTS stream and await its PubAck (within ``publish_s``),
-    `RECORD_TRIES` times at most; ``msg_id`` makes a retry after a lost PubAck one event.
+    """Store ``event`` on the EVENTS stream and await its PubAck (within ``publish_s``, cut
+    when the link breaks or comes back, then tried again once it is up), `RECORD_TRIES`
+    times at most; ``msg_id`` makes a retry after a lost PubAck one event.
     Whether it was stored; a failure is logged, never raised."""
     subject = conn.names.event_subject(events.kind_of(event))
     payload = events.event_encoder.encode(event)
     for tried in range(1, RECORD_TRIES + 1):
         try:
+            await conn.link.wait_up(conn.deadlines.publish_s)
             async with asyncio.timeout(conn.deadlines.publish_s):
-                await conn.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+                await bus.unless_link_changes(
+                    conn.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}),
+                    conn.link.changed())
             return True
         except bus.TRANSIENT as exc:
             log.warning("eventing.record_failed", kind=events.kind_of(event), tried=tried,
                         mail_id=event.mail_id, error=str(exc) or type(exc).__name__)
-            await conn.link.wait_up(conn.deadlines.publish_s)
     return False

@@ -18,10 +18,22 @@ MESSAGES = 2000
 SESSIONS = 40
 
 
+NOTHING = {"records": 0, "objects": 0, "markers": 0, "chunk_sets": 0}
+
+
 def _report(figures: relay.Figures, record_property: Callable[[str, object], None]) -> None:
     print(figures.line())
     for key, value in vars(figures).items():
         record_property(key, value)
+    # whatever was killed, the sweep leaves nothing of drained mail behind
+    assert figures.notes["residue_after_sweep"] == NOTHING
+
+
+def _no_mail_residue(figures: relay.Figures) -> None:
+    """No record, object or delete marker of any mail was left once drained (chunks of
+    an upload cut by a kill are the sweep's)."""
+    left = figures.notes["residue_left"]
+    assert (left["records"], left["objects"], left["markers"]) == (0, 0, 0)
 
 
 async def test_sigkill_of_the_ingress_loses_nothing_answered_250(
@@ -29,7 +41,7 @@ async def test_sigkill_of_the_ingress_loses_nothing_answered_250(
 ) -> None:
     """Killed mid-load and restarted on its port: every message answered 250 is delivered
     and none twice (a retry of a message stored before the kill has the same content, so
-    JetStream drops it as a duplicate)."""
+    JetStream drops it as a duplicate); nothing of any mail is left once drained."""
     figures = await scenarios.crash("ingress", tmp_path, messages=MESSAGES, sessions=SESSIONS)
     _report(figures, record_property)
     assert figures.crashes == []
@@ -37,6 +49,7 @@ async def test_sigkill_of_the_ingress_loses_nothing_answered_250(
     assert figures.lost == 0
     assert figures.duplicated == 0
     assert figures.refusals.get("cut", 0) + figures.refusals.get("connect", 0) > 0  # it hurt
+    _no_mail_residue(figures)
 
 
 async def test_sigkill_of_a_dispatcher_loses_nothing_and_duplicates_at_most_its_slots(
@@ -44,7 +57,8 @@ async def test_sigkill_of_a_dispatcher_loses_nothing_and_duplicates_at_most_its_
 ) -> None:
     """One of two dispatchers killed while delivering: its unacked messages come back after
     ack_wait and are delivered by the others; at most the killed one's in-flight messages
-    (its connection cap) can arrive twice: delivered, but killed before the ack."""
+    (its connection cap) can arrive twice: delivered, but killed before the ack. What the
+    killed one left of its mail (a record, a body) is removed by the sweep."""
     figures = await scenarios.crash("dispatcher", tmp_path, messages=MESSAGES,
                                     sessions=SESSIONS)
     _report(figures, record_property)
@@ -59,7 +73,8 @@ async def test_sigkill_of_the_reconciler_loses_nothing_and_the_relay_goes_on(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     """Without its reconciler the relay keeps accepting and delivering on the last
-    snapshot; the restarted reconciler publishes again; nothing is lost or doubled."""
+    snapshot; the restarted reconciler publishes again; nothing is lost or doubled, and
+    nothing of any mail is left once drained."""
     figures = await scenarios.crash("reconciler", tmp_path, messages=MESSAGES,
                                     sessions=SESSIONS)
     _report(figures, record_property)
@@ -69,6 +84,7 @@ async def test_sigkill_of_the_reconciler_loses_nothing_and_the_relay_goes_on(
     assert figures.duplicated == 0
     assert figures.notes["confirmed_while_down"] > 0
     assert not [code for code in figures.refusals if code.startswith("5")]  # never unknown
+    _no_mail_residue(figures)
 
 
 async def test_sigkill_of_the_ingress_with_bodies_in_the_object_store_loses_nothing(
