@@ -28,13 +28,17 @@ async def emit(conn: bus.Conn, event: events.AnyEvent) -> None:
                     mail_id=event.mail_id, error=str(exc) or type(exc).__name__)
 
 
-RECORD_TRIES = 3
+RECORD_TRIES = 8
+RECORD_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0)
+"""Pauses between tries, the last repeating: about 16 s in all, longer than a stream's
+leader election (a stream without a leader answers "no response from stream" at once)."""
 
 
 async def record(conn: bus.Conn, event: events.AnyEvent, msg_id: str) -> bool:
     """Store ``event`` on the EVENTS stream and await its PubAck (within ``publish_s``, cut
     when the link breaks or comes back, then tried again once it is up), `RECORD_TRIES`
-    times at most; ``msg_id`` makes a retry after a lost PubAck one event.
+    times at most, `RECORD_DELAYS_S` apart; ``msg_id`` makes a retry after a lost PubAck
+    one event.
     Whether it was stored; a failure is logged, never raised."""
     subject = conn.names.event_subject(events.kind_of(event))
     payload = events.event_encoder.encode(event)
@@ -49,4 +53,6 @@ async def record(conn: bus.Conn, event: events.AnyEvent, msg_id: str) -> bool:
         except bus.TRANSIENT as exc:
             log.warning("eventing.record_failed", kind=events.kind_of(event), tried=tried,
                         mail_id=event.mail_id, error=str(exc) or type(exc).__name__)
+            if tried < RECORD_TRIES:
+                await asyncio.sleep(RECORD_DELAYS_S[min(tried, len(RECORD_DELAYS_S)) - 1])
     return False
