@@ -17,6 +17,8 @@ message to someone else, so a trip that has not reached the upstream yet gives u
 
 from __future__ import annotations
 
+import asyncio
+
 from nats.aio.msg import Msg
 
 LEASE_SHARE = 0.8
@@ -27,8 +29,12 @@ last word reached it, a moment after we sent it."""
 class Held:
     """One held message: the newest handle JetStream gave for it and its lease."""
 
-    def __init__(self, msg: Msg, now: float, ack_wait_s: float) -> None:
+    def __init__(self, msg: Msg, now: float, ack_wait_s: float, link_changes: int = 0) -> None:
         self.msg = msg
+        self.link_changes = link_changes
+        """`bus.Link.changes` when it was fetched: a change since means the broker may have
+        forgotten this hand-out (a restarted nats-server writes consumer state lazily)."""
+        self._renewed = asyncio.Event()
         self.seq: int = msg.metadata.sequence.stream
         self.fetched_at = now
         self.told_at = now
@@ -43,6 +49,18 @@ class Held:
         self.msg = msg
         self.told_at = now
         self.handouts += 1
+        self._renewed.set()
+
+    async def wait_renewed(self, seen: int, timeout_s: float) -> bool:
+        """Until a hand-out newer than the ``seen``-th arrived, at most ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.handouts <= seen:
+                    self._renewed.clear()
+                    await self._renewed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def leased(self, now: float) -> bool:
         """Whether this process still alone holds the message (see the module docstring)."""

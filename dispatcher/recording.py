@@ -52,6 +52,9 @@ _encoder = msgspec.json.Encoder()
 
 BACKLOG_MAX = 10_000
 """Cleanups kept for retrying; beyond this the oldest is left to the sweep."""
+UNCONFIRMED_KEPT = 10_000
+"""Stream sequences settled with an unconfirmed ack, remembered (the newest) so a
+redelivery of one reads its record whatever its delivery count says."""
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,21 @@ class Backlog:
 
     items: collections.deque[Cleanup] = field(
         default_factory=lambda: collections.deque(maxlen=BACKLOG_MAX))
+    unconfirmed: collections.OrderedDict[int, None] = field(
+        default_factory=collections.OrderedDict)
+
+    def was_unconfirmed(self, seq: int) -> bool:
+        return seq in self.unconfirmed
 
     def add(self, cleanup: Cleanup) -> None:
         if len(self.items) == self.items.maxlen:
             log.warning("dispatcher.cleanup_abandoned", key=self.items[0].key,
                         reason="backlog full")
         self.items.append(cleanup)
+        if cleanup.seq:
+            self.unconfirmed[cleanup.seq] = None
+            while len(self.unconfirmed) > UNCONFIRMED_KEPT:
+                self.unconfirmed.popitem(last=False)
 
     def take(self) -> list[Cleanup]:
         out = list(self.items)
@@ -110,9 +122,12 @@ async def read(stores: Stores, msg: holding.Held, env: mail.Envelope
                ) -> tuple[mail.AttemptRecord, bool]:
     """The stored attempt record and whether there is one, read only when there can be
     one: the message was delivered before, it is a replay (which has its own record) or an
-    operator's copy (``moved_from``: queue retry/move, the record of the original).
-    A record that does not decode counts as stored (it must be deleted at the end)."""
-    if env.replay_of is None and env.moved_from is None and msg.metadata.num_delivered <= 1:
+    operator's copy (``moved_from``: queue retry/move, the record of the original), or this
+    process settled it with an unconfirmed ack (a restarted broker may hand it out again as
+    a first delivery, having lost its consumer state). A record that does not decode
+    counts as stored (it must be deleted at the end)."""
+    if (env.replay_of is None and env.moved_from is None and msg.metadata.num_delivered <= 1
+            and not stores.backlog.was_unconfirmed(msg.seq)):
         return mail.AttemptRecord(), False
     try:
         async with asyncio.timeout(stores.conn.deadlines.kv_s):

@@ -40,7 +40,7 @@ import structlog
 
 from dispatcher import holding, recording
 from dispatcher.rules import classify, ledger
-from runtime import bus, eventing, metrics
+from runtime import bus, eventing, metrics, scanning
 from schemas import events, mail
 
 log = structlog.get_logger("dispatcher.settling")
@@ -206,12 +206,16 @@ async def _finish(
     """Every recipient is settled: ack, and only once the ack is confirmed clean up."""
     body = None if record.dead else item.envelope.body_ref
     try:
-        await _ack(stores.conn, item.msg)
+        applied = await _ack_applied(stores, item.msg)
     except bus.TRANSIENT as exc:
+        applied, why = False, str(exc) or repr(exc)
+    else:
+        why = "the stream still holds the message after its ack"
+    if not applied:
         # The ack may or may not have landed. If not, the message comes back: make sure
         # the record says everything is settled, so nothing is sent again; if it did, the
         # backlog cleans up once the stream no longer holds the message.
-        log.warning("dispatcher.ack_unconfirmed", error=str(exc) or repr(exc))
+        log.warning("dispatcher.ack_unconfirmed", error=why)
         if record != _NO_RECORD:
             await recording.put(stores, key, record)
         stores.backlog.add(recording.Cleanup(
@@ -219,6 +223,24 @@ async def _finish(
             seq=item.msg.seq))
         return
     await recording.forget(stores, key, had_record=item.had_record, body_ref=body)
+
+
+async def _ack_applied(stores: recording.Stores, msg: holding.Held) -> bool:
+    """Ack, and when the link changed since the message was fetched, make sure the ack
+    took: a restarted nats-server may have forgotten this hand-out (it writes consumer
+    state lazily), ignore its ack and hand the message out again; that new hand-out joins
+    this trip (`holding.Held.renew`) and is acked in turn. False: the stream still holds
+    the message."""
+    conn = stores.conn
+    for _ in range(ACK_TRIES):
+        seen = msg.handouts
+        await _ack(conn, msg)
+        if conn.link.changes == msg.link_changes:
+            return True
+        if await scanning.get(conn, conn.names.mail_stream, msg.seq) is None:
+            return True
+        await msg.wait_renewed(seen, conn.deadlines.ack_s)
+    return False
 
 
 async def _ack(conn: bus.Conn, msg: holding.Held) -> None:

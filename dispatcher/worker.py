@@ -127,7 +127,8 @@ async def run(
                              policy=pair.policy, seq=held.seq, handouts=held.handouts)
                     await _give_back(shared, pair)
                     continue
-                held = holding.Held(msg, loop.time(), ack_wait_s)
+                held = holding.Held(msg, loop.time(), ack_wait_s,
+                                    shared.trip.stores.conn.link.changes)
                 inflight[held.seq] = held
                 task = tg.create_task(_one(shared, pair, held, inflight))
                 tasks.add(task)
