@@ -163,6 +163,7 @@ class IngressSMTP(SMTP):
         self._peer = ""
         self._proxied_peer: tuple[str, int] | None = None
         """The client's address from a PROXY header, kept across STARTTLS."""
+        self._active_at = 0.0  # loop time of the last input (see `_reset_timeout`)
 
     def _fast_init(
         self, handler: handler_mod.Handler, tables: _Tables, *, hostname: str,
@@ -255,9 +256,26 @@ class IngressSMTP(SMTP):
         """Any input is activity. aiosmtpd restarts its timeout only when a command
         arrives, so a DATA transfer longer than ``idle_timeout_s`` was cut while its bytes
         kept coming; like Postfix's smtpd_timeout, the limit is on silence."""
-        if self._timeout_handle is not None and self.transport is not None:
-            self._reset_timeout()
+        self._active_at = self.loop.time()
         super().data_received(data)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd re-arms a timer after every command; with one armed, noting the time
+        is enough (a timer per command and per chunk of DATA was a tenth of the
+        ingress's work): `_timeout_cb` re-arms it for the silence still allowed."""
+        self._active_at = self.loop.time()
+        handle = self._timeout_handle
+        if duration is None and handle is not None and not handle.cancelled():
+            return
+        super()._reset_timeout(duration)
+
+    def _timeout_cb(self) -> None:
+        silent = self.loop.time() - self._active_at
+        if silent < self._timeout_duration:
+            self._timeout_handle = self.loop.call_later(
+                self._timeout_duration - silent, self._timeout_cb)
+            return
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def _handle_client(self) -> None:
         """aiosmtpd's session loop; a dropped connection ends it quietly, and nothing a
