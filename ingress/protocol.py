@@ -164,6 +164,7 @@ class IngressSMTP(SMTP):
         self._proxied_peer: tuple[str, int] | None = None
         """The client's address from a PROXY header, kept across STARTTLS."""
         self._active_at = 0.0  # loop time of the last input (see `_reset_timeout`)
+        self._unsent: list[bytes] = []  # the first lines of a multi-line reply (`push`)
 
     def _fast_init(
         self, handler: handler_mod.Handler, tables: _Tables, *, hostname: str,
@@ -409,9 +410,17 @@ class IngressSMTP(SMTP):
             if known.stage:
                 await self._report_builtin(known)
             status = known.reply
-        await super().push(status)
         final = status[3:4] != "-"
-        if self._sessions.draining and final and self.idle:
+        line = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n"
+        if not final:  # a multi-line reply (EHLO's) is written at once, with its last line
+            self._unsent.append(line)
+            return
+        if self._unsent:
+            line = b"".join(self._unsent) + line
+            self._unsent.clear()
+        self._writer.write(line)  # aiosmtpd's push, for the whole reply
+        await self._writer.drain()
+        if self._sessions.draining and self.idle:
             self.close_with(replies.SHUTTING_DOWN)
 
     async def _report_builtin(self, known: replies.Builtin) -> None:

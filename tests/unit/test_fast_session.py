@@ -23,7 +23,7 @@ from ingress import sessions as sessions_mod
 from runtime import bus, policies, settings
 
 OURS = {"_handler", "_sessions", "_global_limit", "_peer", "line_length_limit",
-        "_proxied_peer", "_active_at"}
+        "_proxied_peer", "_active_at", "_unsent"}
 """Attributes only IngressSMTP sets."""
 
 
