@@ -216,7 +216,7 @@ class Handler:
         try:
             ack = await storing.publish(
                 self._conn, draft, message, inline_limit=self._cfg.inline_limit,
-                timeout_s=self._cfg.publish_timeout_s,
+                timeout_s=self._cfg.publish_timeout_s, binary=self._cfg.binary_envelopes,
             )
         except storing.PublishFailed as exc:
             refusal = admission.Refusal(reply=replies.BROKER_DOWN, stage="data")

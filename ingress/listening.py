@@ -35,7 +35,7 @@ def hosts(text: str) -> list[str]:
 
 async def bind(
     factory: Callable[[], asyncio.Protocol], addresses: list[str], port: int,
-    *, tls: ssl.SSLContext | None = None,
+    *, tls: ssl.SSLContext | None = None, backlog: int = 100,
 ) -> list[asyncio.Server]:
     """One server per address on ``port`` (the first one's, when 0); raises what the
     first address that fails for another reason than a missing family raises, or the
@@ -46,7 +46,8 @@ async def bind(
     try:
         for host in addresses:
             try:
-                server = await loop.create_server(factory, host, port, ssl=tls)
+                server = await loop.create_server(factory, host, port, ssl=tls,
+                                                  backlog=backlog)
             except OSError as exc:
                 # ``::`` without IPv6 may fail to resolve (gaierror) rather than to bind.
                 if exc.errno not in _MISSING_FAMILY and not isinstance(exc, socket.gaierror):

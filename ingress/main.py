@@ -79,10 +79,12 @@ async def listen(
         return session
 
     addresses = listening_mod.hosts(icfg.host)
-    servers = await listening_mod.bind(factory, addresses, icfg.port)
+    servers = await listening_mod.bind(factory, addresses, icfg.port,
+                                       backlog=icfg.listen_backlog)
     _log_bound(servers, hostname, "starttls" if tls is not None else "none")
     if tls is not None and icfg.tls_port:
-        implicit = await listening_mod.bind(factory, addresses, icfg.tls_port, tls=tls.front)
+        implicit = await listening_mod.bind(factory, addresses, icfg.tls_port, tls=tls.front,
+                                            backlog=icfg.listen_backlog)
         _log_bound(implicit, hostname, "implicit")
         servers += implicit
     host, port = servers[0].sockets[0].getsockname()[:2]

@@ -64,18 +64,22 @@ async def publish(
     *,
     inline_limit: int,
     timeout_s: float,
+    binary: bool = True,
 ) -> PubAck:
-    """Store ``message`` with ``envelope`` (whose body fields are unset); the PubAck."""
+    """Store ``message`` with ``envelope`` (whose body fields are unset), in the binary
+    form unless ``binary`` is off (`schemas.mail`); the PubAck."""
     subject = conn.names.mail_subject(envelope.upstream, envelope.policy)
     headers = {"Nats-Msg-Id": envelope.id}
     try:
         payload = b""
         if len(message) <= inline_limit:
-            payload = mail.envelope_encoder.encode(msgspec.structs.replace(envelope, body=message))
+            payload = mail.encode_envelope(msgspec.structs.replace(envelope, body=message),
+                                           binary=binary)
         if not payload or len(payload) > conn.nc.max_payload:
             async with asyncio.timeout(timeout_s + len(message) / _BYTES_PER_S):
                 ref = await _store_body(conn, envelope.id, message)
-            payload = mail.envelope_encoder.encode(msgspec.structs.replace(envelope, body_ref=ref))
+            payload = mail.encode_envelope(msgspec.structs.replace(envelope, body_ref=ref),
+                                           binary=binary)
         async with asyncio.timeout(timeout_s):
             return await conn.js.publish(subject, payload, timeout=timeout_s, headers=headers)
     except bus.TRANSIENT as exc:

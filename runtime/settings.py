@@ -118,6 +118,14 @@ class IngressSettings(_Section, frozen=True, kw_only=True):
     """A client silent this long is disconnected (Postfix's smtpd_timeout)."""
     max_sessions: int = 2000
     """Concurrent SMTP sessions per ingress; more are refused with 421."""
+    listen_backlog: int = 1024
+    """Connections the kernel queues while the ingress is busy. Beyond it a client's SYN is
+    dropped and retried a second later; asyncio's default of 100 made a burst of new
+    connections wait that second."""
+    binary_envelopes: bool = True
+    """Publish envelopes as MessagePack, the body raw (a third smaller than JSON's base64).
+    Readers of both forms came first; turn it off while dispatchers or admins older than
+    that still read the MAIL stream."""
 
 
 class DispatcherSettings(_Section, frozen=True, kw_only=True):

@@ -3,6 +3,12 @@ CAUGHT, and the per-mail `AttemptRecord` podpost keeps in the ATTEMPTS bucket.
 
 Bus messages never forbid unknown fields, and every new field gets a default, so old and
 new replicas can meet during a rolling upgrade.
+
+An `Envelope` travels in one of two forms: JSON (its body base64-encoded, a third larger)
+or, from the ingress by default, MessagePack, whose body is the raw bytes. A reader
+(`envelope_decoder`, used by the dispatcher and admin) tells them apart by the first byte
+(JSON's ``{``, MessagePack's map) and accepts both, so replicas of either release meet in a
+rolling upgrade: readers first, then writers (``ingress.binary_envelopes``).
 """
 
 from __future__ import annotations
@@ -121,8 +127,34 @@ class Caught(msgspec.Struct, frozen=True, kw_only=True):
     caught_at: datetime
 
 
+class EnvelopeDecoder:
+    """Reads an `Envelope` in either form (see the module docstring); raises
+    ``msgspec.DecodeError`` (a ``ValidationError`` is one) for anything else."""
+
+    _JSON_START = frozenset(b"{ \t\r\n")
+
+    def __init__(self) -> None:
+        self._json = msgspec.json.Decoder(Envelope)
+        self._msgpack = msgspec.msgpack.Decoder(Envelope)
+
+    def decode(self, data: bytes | bytearray | memoryview) -> Envelope:
+        if not data or data[0] in self._JSON_START:
+            return self._json.decode(data)
+        return self._msgpack.decode(data)
+
+
+def encode_envelope(envelope: Envelope, *, binary: bool = True) -> bytes:
+    """The bus form of ``envelope``: MessagePack (a raw body) or JSON (for readers older
+    than the MessagePack form)."""
+    if binary:
+        return _msgpack_encoder.encode(envelope)
+    return envelope_encoder.encode(envelope)
+
+
+_msgpack_encoder = msgspec.msgpack.Encoder()
 envelope_encoder = msgspec.json.Encoder()
-envelope_decoder = msgspec.json.Decoder(Envelope)
+"""JSON for the bus messages that stay JSON (and an `Envelope` for older readers)."""
+envelope_decoder = EnvelopeDecoder()
 dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
 caught_decoder = msgspec.json.Decoder(Caught)
 attempt_decoder = msgspec.json.Decoder(AttemptRecord)

@@ -110,3 +110,23 @@ async def test_a_slow_but_steady_data_transfer_outlasts_the_idle_timeout(
         finally:
             await steady.close()
             await silent.close()
+
+
+async def test_commands_keep_a_session_open_and_the_silence_after_them_ends_it(
+    conn: bus.Conn, nats_settings: settings.NatsSettings
+) -> None:
+    """The idle timeout counts from the last input, not from when its timer was armed: a
+    NOOP every 0.3 s for 2.4 s with a 1 s timeout is answered every time; then the server
+    closes the session after about a second of silence, not before half of it."""
+    await inprocess.put_snapshot(conn)
+    async with inprocess.running(inprocess.make_settings(nats_settings, idle_timeout_s=1.0)) as ing:
+        raw = await support.Raw.connect(ing)
+        try:
+            for _ in range(8):
+                await asyncio.sleep(0.3)
+                assert await raw.command(b"NOOP") == b"250 OK\r\n"
+            last = time.monotonic()
+            assert await raw.reply() == b""  # the server closed it
+            assert time.monotonic() - last >= 0.5
+        finally:
+            await raw.close()

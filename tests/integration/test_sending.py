@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import msgspec
 import pytest
 import trustme
@@ -371,3 +372,22 @@ async def test_busy_greeting_is_a_connect_failure_with_its_code() -> None:
         await server.wait_closed()
     assert (outcome.failure, outcome.code) == ("connect", 421)
     assert "too busy" in outcome.reply
+
+
+@pytest.mark.parametrize("data", [
+    MAIL + b"line\r\n" * 200,
+    MAIL + b".a dot line\r\n..two\r\n",
+    b"Subject: lone\n\nLF only\nand a lone\rCR",
+])
+async def test_data_reaches_the_upstream_as_aiosmtplib_would_send_it(data: bytes) -> None:
+    """A message needing no preparation and ones needing it (dot lines, lone LF/CR, no
+    final CRLF) arrive as aiosmtplib's own ``data`` delivers them."""
+    async with running() as up:
+        assert (await deliver(view(up), data=data)).rcpts[0].code == 250
+        smtp = aiosmtplib.SMTP(hostname=up.host, port=up.port, start_tls=False, timeout=5)
+        async with smtp:
+            await smtp.mail("app@example.org")
+            await smtp.rcpt("you@example.org")
+            await smtp.data(data)
+        ours, theirs = up.handler.messages
+    assert ours.data == theirs.data
