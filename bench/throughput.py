@@ -23,28 +23,13 @@ import aiosmtplib
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadkit import relay  # noqa: E402
 from podpost import natsserver  # noqa: E402
 
-PODPOST = str(Path(sys.executable).parent / "podpost")
-
-POLICY = """\
-apiVersion: podpost/v1alpha1
-kind: StaticSource
-metadata: {{name: bench, namespace: bench, labels: {{app: bench}}}}
-spec: {{cidrs: ["127.0.0.0/8"]}}
----
-apiVersion: kube-mail.helmich.me/v1alpha1
-kind: SMTPServer
-metadata: {{name: sink, namespace: bench}}
-spec: {{server: 127.0.0.1, port: {port}, connect: plain, maxConnections: {conns}}}
----
-apiVersion: kube-mail.helmich.me/v1alpha1
-kind: EmailPolicy
-metadata: {{name: relay, namespace: bench}}
-spec:
-  podSelector: {{matchLabels: {{app: bench}}}}
-  sink: {{smtp: {{server: {{name: sink}}}}}}
-"""
+# The same relay policy the load kit's scenarios run (a static source for 127.0.0.0/8, one
+# plain SMTPServer for the sink with a connection cap, one policy).
+PODPOST = relay.PODPOST
+POLICY = relay.POLICY
 
 
 def message(i: int, size: int) -> bytes:
