@@ -230,7 +230,7 @@ async def run_once(target: Target, sink: Sink, *, sessions: int, messages: int, 
     return watch.finish(messages, ended - started, accepted - started)
 
 
-async def paced(port: int, rate: float, duration_s: float, size: int) -> list[float]:
+async def paced_here(port: int, rate: float, duration_s: float, size: int) -> list[float]:
     """Accept latencies (ms) of a client opening a new connection per mail at ``rate``."""
     latencies: list[float] = []
     tag = f"paced{time.time_ns()}"
@@ -255,6 +255,19 @@ async def paced(port: int, rate: float, duration_s: float, size: int) -> list[fl
             await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
             tg.create_task(one(i))
     return latencies
+
+
+async def paced(port: int, rate: float, duration_s: float, size: int) -> list[float]:
+    """`paced_here` in a process of its own: in this one, the loop also follows the sink's
+    output (a line per mail) and samples the relays' processes, and every delay that adds
+    to a turn of the client's loop would count as the relay's latency."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--paced", str(port), str(rate), str(duration_s),
+        str(size), stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit("vs_postfix: the paced client failed")
+    return [float(value) for value in out.split()]
 
 
 async def ready(podpost: Podpost, sink: Sink, timeout_s: float = 60.0) -> None:
@@ -301,7 +314,7 @@ async def main(args: argparse.Namespace) -> None:
               f"cores, {args.messages} mails per run, {args.rounds} interleaved rounds"
               + (f", env {' '.join(args.env)}" if args.env else ""), flush=True)
         results: dict[tuple[str, int, int, str], list[procstat.Run]] = {}
-        for mode in args.modes:
+        for mode in args.modes if args.latency_rate is None else []:
             for size in args.sizes:
                 for sessions in args.sessions:
                     for _ in range(args.rounds):
@@ -322,7 +335,8 @@ async def main(args: argparse.Namespace) -> None:
                              if s == size and n == name and mode == "new"] or [
                              runs for (_, s, _, n), runs in results.items()
                              if s == size and n == name]
-                    best = max(statistics.mean(r.rate for r in runs) for runs in cells)
+                    best = (2 * args.latency_rate if args.latency_rate is not None
+                            else max(statistics.mean(r.rate for r in runs) for runs in cells))
                     values = await paced(target.port, best / 2, args.latency_s, size)
                     latency[(size, name)] = (best / 2, values)
         procstat.report(results, latency)
@@ -344,6 +358,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="A,B pairs per cell")
     parser.add_argument("--latency-s", type=float, default=10.0,
                         help="length of the paced-client run per size and relay (0: none)")
+    parser.add_argument("--latency-rate", type=float, default=None,
+                        help="(for profiling) no throughput runs: pace the client at this")
     parser.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
     parser.add_argument("--env", action="append", default=[],
                         help="PODPOST_X=value for podpost's processes (repeatable)")
@@ -354,4 +370,9 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    if sys.argv[1:2] == ["--paced"]:  # the paced client's own process (`paced`)
+        port, rate, duration, size = sys.argv[2:6]
+        found = asyncio.run(paced_here(int(port), float(rate), float(duration), int(size)))
+        print("\n".join(f"{value:.3f}" for value in found))
+    else:
+        asyncio.run(main(parse()))

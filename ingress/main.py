@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from collections.abc import Callable
 
@@ -41,6 +42,15 @@ def _log_bound(servers: list[asyncio.Server], hostname: str, tls: str) -> None:
         for sock in server.sockets:
             host, port = sock.getsockname()[:2]
             log.info("ingress.listening", host=host, port=port, hostname=hostname, tls=tls)
+
+
+def _settle_heap(icfg: settings_mod.IngressSettings) -> None:
+    """Collect once, then freeze what survived (``ingress.gc_freeze``): the ingress's
+    full collections then walk only what its sessions made, not the whole program."""
+    gc.set_threshold(icfg.gc_threshold0, *gc.get_threshold()[1:])
+    if icfg.gc_freeze:
+        gc.collect()
+        gc.freeze()
 
 
 async def listen(
@@ -87,6 +97,7 @@ async def listen(
                                             backlog=icfg.listen_backlog)
         _log_bound(implicit, hostname, "implicit")
         servers += implicit
+    _settle_heap(icfg)
     host, port = servers[0].sockets[0].getsockname()[:2]
     if listening is not None:
         listening(host, port)

@@ -122,6 +122,13 @@ class IngressSettings(_Section, frozen=True, kw_only=True):
     """Connections the kernel queues while the ingress is busy. Beyond it a client's SYN is
     dropped and retried a second later; asyncio's default of 100 made a burst of new
     connections wait that second."""
+    gc_freeze: bool = True
+    """Once listening, move every object alive then (modules, settings, the snapshot) out
+    of the garbage collector's sight (``gc.freeze``): its full collections otherwise walk
+    them all, each a pause of tens of milliseconds that every client waiting then adds
+    to its reply. Off only to measure the difference."""
+    gc_threshold0: int = 700
+    """Allocations between two young-generation collections (Python's default 700)."""
     binary_envelopes: bool = True
     """Publish envelopes as MessagePack, the body raw (a third smaller than JSON's base64).
     Readers of both forms came first; turn it off while dispatchers or admins older than
