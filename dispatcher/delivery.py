@@ -26,8 +26,8 @@ from typing import Protocol
 import msgspec
 import structlog
 
-from dispatcher import consumers, control, holding, keyring, recording, settling
-from dispatcher.rules import backoff, classify, ledger
+from dispatcher import consumers, control, holding, keyring, quotakv, recording, settling
+from dispatcher.rules import backoff, classify, ledger, replyrules
 from dispatcher.rules import outcome as outcome_mod
 from runtime import policies
 from runtime import settings as settings_mod
@@ -60,6 +60,8 @@ class Context:
     keyring: keyring.Keyring
     control: control.Control | None = None
     """The operator's steering (suspended upstreams, held mails); None: none."""
+    quotas: quotakv.QuotaCounter | None = None
+    """The provider accounts' quotas; None: not enforced."""
 
 
 def _now() -> datetime:
@@ -136,13 +138,41 @@ async def _attempt(
         missing = outcome_mod.Outcome(failure="body", reply="the body object is missing")
         return classify.classify(missing, rcpts, attempt=0, policy=retry,
                                  age_s=backoff.age_s(env.received_at, _now()))
+    taken = quotakv.NOTHING
+    if ctx.quotas is not None and up.quotas:
+        taken = await ctx.quotas.take(up, view.credentials, len(rcpts))
+        if taken.wait_s > 0:  # over quota: a wait, never an attempt, never expired
+            return classify.Decision(attempt=0, verdicts=[classify.Verdict(
+                fate=classify.Fate.RETRY, rcpts=rcpts, delay_s=taken.wait_s,
+                reason=taken.reason)])
     if not item.msg.leased(asyncio.get_running_loop().time()):
         # Frozen or starved past the ack wait: the server has handed (or will hand) the
         # message to someone else, who will deliver it; sending now could send it twice.
+        if ctx.quotas is not None and taken.parts:
+            await ctx.quotas.give_back(up, taken, len(rcpts), 0)
         raise settling.LeaseLost("the lease ran out before the upstream was asked")
     attempt = item.record.attempts + 1
     structlog.contextvars.bind_contextvars(attempt=attempt)
     await settling.attempted(ctx.stores.conn, item, attempt, len(rcpts), _now())
     result = await ctx.pool.deliver(up, creds, env.mail_from, rcpts, data, ca=ca)
-    return classify.classify(result, rcpts, attempt=attempt, policy=retry,
-                             age_s=backoff.age_s(env.received_at, _now()))
+    decision = classify.classify(result, rcpts, attempt=attempt, policy=retry,
+                                 age_s=backoff.age_s(env.received_at, _now()),
+                                 rules=replyrules.compile_rules(up.reply_rules))
+    if ctx.quotas is not None and taken.parts:
+        await ctx.quotas.give_back(up, taken, len(rcpts),
+                                   len(decision.rcpts(classify.Fate.DELIVERED)))
+    if decision.steer is not None:
+        await _steer(ctx, decision.steer, up, view)
+    return decision
+
+
+async def _steer(ctx: Context, steer: classify.Steer, up: snapshot.UpstreamView,
+                 view: snapshot.PolicyView) -> None:
+    """A reply rule's ``wait`` fills the account's quota window (without quotas it
+    suspends the upstream, as ``suspend`` does)."""
+    if steer.action == "wait" and ctx.quotas is not None and up.quotas:
+        await ctx.quotas.fill(up, view.credentials)
+        return
+    if ctx.control is not None:
+        await ctx.control.suspend(ctx.stores.conn, up.key, steer.for_s,
+                                  f"reply rule: {steer.reply}", _now())

@@ -22,6 +22,7 @@ from dispatcher import (
     delivery,
     keyring,
     pool,
+    quotakv,
     ratekv,
     recording,
     sampling,
@@ -53,6 +54,9 @@ async def serve(
                     keyring=keyring.Keyring(await bus.credentials_kv(conn),
                                             deadlines=conn.deadlines),
                     control=steering,
+                    quotas=quotakv.QuotaCounter(
+                        await bus.rates_kv(conn), scale=cfg.dispatcher.rate_window_scale,
+                        deadlines=conn.deadlines),
                 ),
                 limiter=limiter or ratekv.KvLimiter(
                     await bus.rates_kv(conn), scale=cfg.dispatcher.rate_window_scale,

@@ -60,6 +60,29 @@ class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
     """The provider's verified address that replaces the envelope sender and ``From:``."""
 
 
+QuotaPeriod = Literal["minute", "hour", "day", "month"]
+ReplyAction = Literal["retry", "wait", "suspend", "dead"]
+
+
+class Quota(msgspec.Struct, frozen=True, kw_only=True):
+    """A provider account's quota (`resources.Quota`): ``maximum`` messages or recipients
+    per calendar ``period`` in ``time_zone`` (None: UTC)."""
+
+    maximum: int
+    period: QuotaPeriod
+    count: Literal["messages", "recipients"] = "messages"
+    time_zone: str | None = None
+
+
+class ReplyRule(msgspec.Struct, frozen=True, kw_only=True):
+    """A server's reply rule (`resources.ReplyRule`); the regex was compiled once by the
+    reconciler, so it is valid."""
+
+    match: str
+    action: ReplyAction
+    for_s: float | None = None
+
+
 class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     host: str
@@ -71,6 +94,10 @@ class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
     tls_ca: str | None = None
     """CREDENTIALS bucket key of the CA bundle (`TrustedCA`) to trust besides the system's;
     named by the bundle's hash, so a changed bundle is a changed snapshot."""
+    quotas: list[Quota] = []
+    """Per provider account: this upstream with one policy's credentials."""
+    reply_rules: list[ReplyRule] = []
+    """Tried in order before the presets (`dispatcher.rules.replyrules`)."""
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True, gc=False):

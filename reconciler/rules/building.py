@@ -31,6 +31,7 @@ import functools
 import hashlib
 import ipaddress
 import re
+import zoneinfo
 from collections import defaultdict
 from datetime import datetime
 from typing import TypeVar
@@ -41,7 +42,7 @@ from reconciler.rules import credentials, matching
 from reconciler.rules import inputs as inputs_mod
 from schemas import durations, names, resources, snapshot
 
-PERIOD_S = {"minute": 60.0, "hour": 3600.0}
+PERIOD_S = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 MAX_CONFLICT_ENDPOINTS = 5
 """A Conflict message names at most this many endpoints, then says how many more."""
 
@@ -96,7 +97,33 @@ def upstream_view(
         max_connections=spec.max_connections,
         timeout_s=spec.timeout_seconds,
         tls_ca=tls_ca,
+        quotas=[_quota(i, q) for i, q in enumerate(spec.quotas)],
+        reply_rules=[_reply_rule(i, r) for i, r in enumerate(spec.reply_rules)],
     )
+
+
+def _quota(index: int, quota: resources.Quota) -> snapshot.Quota:
+    if quota.time_zone is not None:
+        try:
+            zoneinfo.ZoneInfo(quota.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise _Unresolved("InvalidQuota", f"spec.quotas[{index}].timeZone: unknown time "
+                              f"zone {quota.time_zone!r}") from exc
+    return snapshot.Quota(maximum=quota.maximum, period=quota.period, count=quota.count,
+                          time_zone=quota.time_zone)
+
+
+def _reply_rule(index: int, rule: resources.ReplyRule) -> snapshot.ReplyRule:
+    try:
+        re.compile(rule.match)
+    except re.error as exc:
+        raise _Unresolved("InvalidReplyRule",
+                          f"spec.replyRules[{index}].match: {exc}") from exc
+    try:
+        for_s = None if rule.for_ is None else durations.parse(rule.for_)
+    except ValueError as exc:
+        raise _Unresolved("InvalidReplyRule", f"spec.replyRules[{index}].for: {exc}") from exc
+    return snapshot.ReplyRule(match=rule.match, action=rule.action, for_s=for_s)
 
 
 # --- policies -----------------------------------------------------------------------------
@@ -317,12 +344,13 @@ def resolve_upstreams(
     for key, server in servers.items():
         try:
             ca = credentials.server_ca(server, secrets, config_maps)
+            view = upstream_view(server, None if ca is None else ca[0])
         except _Unresolved as exc:
             broken[key] = exc
             continue
         if ca is not None:
             cas[ca[0]] = ca[1]
-        upstreams[key] = upstream_view(server, None if ca is None else ca[0])
+        upstreams[key] = view
     return upstreams, cas, broken
 
 

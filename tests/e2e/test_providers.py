@@ -1,0 +1,164 @@
+"""Provider accounts with two real ``podpost dispatcher`` processes and upstreams that
+answer like providers: a shared daily quota holds across policies and replicas, a
+"quota exceeded" 5xx suspends the upstream instead of dead-lettering, while a real
+``550 5.1.1`` still dead-letters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from loadkit import upstream as upstream_mod
+from runtime import bus, settings
+from schemas import control, names, rates, snapshot
+from tests.support import dispatching as d
+
+PODPOST = str(Path(sys.executable).parent / "podpost")
+N = 4
+"""The account's daily quota."""
+DAY_MS = 4000
+"""A day, scaled for the test."""
+SCALE = DAY_MS / 86_400_000
+
+
+@contextlib.asynccontextmanager
+async def _dispatchers(count: int, nats_url: str, logs: Path) -> AsyncIterator[None]:
+    """``count`` ``podpost dispatcher`` processes; SIGTERM (then SIGKILL) on exit; their
+    log tails printed (shown when the test fails)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
+    env.update({
+        "PODPOST_NATS_URL": nats_url,
+        "PODPOST_DISPATCHER__RATE_WINDOW_SCALE": repr(SCALE),
+        "PODPOST_DISPATCHER__DISCOVERY_INTERVAL_S": "0.2",
+        "PODPOST_DISPATCHER__HOLD_DELAY_S": "0.5",
+        "PODPOST_LOG__FORMAT": "json",
+        "PODPOST_GRACE_S": "2",
+    })
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for i in range(count):
+            with open(logs / f"dispatcher-{i}.log", "wb") as log:  # noqa: ASYNC230
+                procs.append(await asyncio.create_subprocess_exec(
+                    PODPOST, "dispatcher", env=env, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log, stderr=asyncio.subprocess.STDOUT))
+        yield
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 10.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for path in sorted(logs.glob("dispatcher-*.log")):
+            print(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
+
+
+async def _quota_windows(conn: bus.Conn) -> list[rates.QuotaWindow]:
+    kv = await bus.rates_kv(conn)
+    out = []
+    for key in await kv.keys():
+        if key.startswith(rates.QUOTA):
+            entry = await kv.get(key)
+            out.append(rates.quota_decoder.decode(entry.value or b""))
+    return sorted(out, key=lambda w: w.start_ms)
+
+
+async def test_a_daily_quota_shared_by_two_policies_holds_across_two_replicas(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, tmp_path: Path
+) -> None:
+    """Two policies send through one account with a quota of N a (scaled) day; two
+    dispatcher processes deliver every mail exactly once, never more than N per window
+    (the provider refuses none), the rest in later windows, and nothing is dead."""
+    handler = upstream_mod.ProviderHandler(maximum=N, period_ms=DAY_MS)
+    up = await upstream_mod.start(handler)
+    try:
+        pol_a = d.policy_view("apps/a", "mail/brevo")
+        pol_b = d.policy_view("apps/b", "mail/brevo")
+        view = d.upstream_view("mail/brevo", up, quotas=[
+            snapshot.Quota(maximum=N, period="day")])
+        await d.publish_snapshot(conn, [pol_a, pol_b], [view])
+        rcpts = [f"a-{i}@example.org" for i in range(N + 1)] + [
+            f"b-{i}@example.org" for i in range(N + 1)]
+        for rcpt in rcpts:
+            await d.queue(conn, d.envelope(pol_a if rcpt.startswith("a") else pol_b, [rcpt]))
+        async with _dispatchers(2, nats_settings.url, tmp_path):
+            await handler.wait_for(len(rcpts), timeout_s=40.0)
+            await d.eventually(lambda: d.drained(conn))
+            await asyncio.sleep(0.5)  # a duplicate would show up now
+        windows = await _quota_windows(conn)
+        dead = await d.dead_letters(conn)
+    finally:
+        await up.close()
+
+    assert sorted(r for m in handler.messages for r in m.rcpt_to) == sorted(rcpts)
+    assert dead == []
+    assert handler.refused == 0
+    assert max(handler.windows.values()) <= N
+    assert len(handler.windows) >= 3  # 2N+2 mails need three windows at least
+    assert all(w.used <= N and w.maximum == N for w in windows)
+    assert sum(w.used for w in windows) == len(rcpts)
+    assert sorted(w.used for w in windows)[-2:] == [N, N]  # the full windows
+    assert {w.upstream for w in windows} == {"mail/brevo"}
+
+
+async def test_a_quota_reply_suspends_the_upstream_but_an_unknown_user_is_dead(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, tmp_path: Path
+) -> None:
+    """An account whose quota is spent answers ``550 5.4.5``: the upstream is suspended
+    in CONTROL for every replica and nothing is dead-lettered; on another upstream a
+    ``550 5.1.1`` recipient is still dead-lettered, the other recipient delivered."""
+    spent = upstream_mod.ProviderHandler(refuse_all=True)
+    gmail = await upstream_mod.start(spent)
+    plain = upstream_mod.Handler()
+    other = await upstream_mod.start(plain)
+    try:
+        pol_g = d.policy_view("apps/g", "mail/gmail")
+        pol_o = d.policy_view("apps/o", "mail/other")
+        await d.publish_snapshot(conn, [pol_g, pol_o], [
+            d.upstream_view("mail/gmail", gmail), d.upstream_view("mail/other", other)])
+        for i in range(3):
+            await d.queue(conn, d.envelope(pol_g, [f"g-{i}@example.org"]))
+        await d.queue(conn, d.envelope(pol_o, ["fail-550@example.org", "ok@example.org"]))
+        ctl = await bus.control_kv(conn)
+
+        async def suspended() -> bool:
+            try:
+                entry = await ctl.get(names.suspend_key("mail/gmail"))
+            except Exception:
+                return False
+            return entry.value is not None
+
+        async with _dispatchers(2, nats_settings.url, tmp_path):
+            await plain.wait_for(1, timeout_s=20.0)
+            await d.eventually(suspended)
+            await d.eventually(lambda: _dead_count(conn, 1))
+            await asyncio.sleep(1.0)  # more attempts would show up now
+            entry = await ctl.get(names.suspend_key("mail/gmail"))
+            queued = await d.queued(conn)
+        dead = await d.dead_letters(conn)
+    finally:
+        await gmail.close()
+        await other.close()
+
+    suspension = control.suspension_decoder.decode(entry.value or b"")
+    assert suspension.by == "dispatcher"
+    assert "5.4.5" in suspension.reason
+    assert suspension.until is not None and suspension.until > datetime.now(UTC)
+    assert spent.refused >= 1 and spent.refused < 3 * 2  # suspended: not tried on and on
+    assert queued == 3  # the gmail mail waits
+    assert [(x.envelope.upstream, x.envelope.rcpt_to, x.code) for x in dead] == [
+        ("mail/other", ["fail-550@example.org"], 550)]
+    assert [m.rcpt_to for m in plain.messages] == [["ok@example.org"]]
+
+
+async def _dead_count(conn: bus.Conn, count: int) -> bool:
+    return len(await d.dead_letters(conn)) >= count
