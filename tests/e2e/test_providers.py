@@ -58,8 +58,12 @@ async def _dispatchers(count: int, nats_url: str, logs: Path) -> AsyncIterator[N
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-        for path in sorted(logs.glob("dispatcher-*.log")):
-            print(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
+        _print_logs(logs)
+
+
+def _print_logs(logs: Path) -> None:
+    for path in sorted(logs.glob("dispatcher-*.log")):
+        print(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
 
 
 async def _quota_windows(conn: bus.Conn) -> list[rates.QuotaWindow]:
