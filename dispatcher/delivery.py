@@ -35,6 +35,8 @@ from schemas import mail, names, snapshot
 
 NO_SNAPSHOT_DELAY_S = 1.0
 """Hold before the first snapshot arrived: it comes within a poll or two."""
+BUSY_DELAY_S = 1.0
+"""Hold when every connection slot of the installation's cap stayed taken."""
 UNKNOWN_DELAY_S = 5.0
 """Hold when the upstream, policy or login is not (yet) known."""
 
@@ -155,6 +157,11 @@ async def _attempt(
     structlog.contextvars.bind_contextvars(attempt=attempt)
     await settling.attempted(ctx.stores.conn, item, attempt, len(rcpts), _now())
     result = await ctx.pool.deliver(up, creds, env.mail_from, rcpts, data, ca=ca)
+    if result.failure == "busy":  # nothing sent: every connection slot is taken
+        if ctx.quotas is not None and taken.parts:
+            await ctx.quotas.give_back(up, taken, len(rcpts), 0)
+        return classify.hold(rcpts, age_s=backoff.age_s(env.received_at, _now()),
+                             policy=retry, delay_s=BUSY_DELAY_S, reason=result.reply)
     decision = classify.classify(result, rcpts, attempt=attempt, policy=retry,
                                  age_s=backoff.age_s(env.received_at, _now()),
                                  rules=replyrules.compile_rules(up.reply_rules))

@@ -1,7 +1,7 @@
 """Provider accounts with two real ``podpost dispatcher`` processes and upstreams that
 answer like providers: a shared daily quota holds across policies and replicas, a
 "quota exceeded" 5xx suspends the upstream instead of dead-lettering, while a real
-``550 5.1.1`` still dead-letters."""
+``550 5.1.1`` still dead-letters; a server's connection cap holds across replicas."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ SCALE = DAY_MS / 86_400_000
 
 
 @contextlib.asynccontextmanager
-async def _dispatchers(count: int, nats_url: str, logs: Path) -> AsyncIterator[None]:
+async def _dispatchers(count: int, nats_url: str, logs: Path, **extra: str
+                       ) -> AsyncIterator[None]:
     """``count`` ``podpost dispatcher`` processes; SIGTERM (then SIGKILL) on exit; their
     log tails printed (shown when the test fails)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
@@ -39,6 +40,7 @@ async def _dispatchers(count: int, nats_url: str, logs: Path) -> AsyncIterator[N
         "PODPOST_DISPATCHER__HOLD_DELAY_S": "0.5",
         "PODPOST_LOG__FORMAT": "json",
         "PODPOST_GRACE_S": "2",
+        **extra,
     })
     procs: list[asyncio.subprocess.Process] = []
     try:
@@ -166,3 +168,31 @@ async def test_a_quota_reply_suspends_the_upstream_but_an_unknown_user_is_dead(
 
 async def _dead_count(conn: bus.Conn, count: int) -> bool:
     return len(await d.dead_letters(conn)) >= count
+
+
+async def test_a_servers_connection_cap_holds_across_two_replicas(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, tmp_path: Path
+) -> None:
+    """An upstream with maxConnections 2 and slow deliveries never sees more than 2
+    sessions at once from two dispatcher processes (each alone would open 2), and every
+    mail is delivered once, none dead."""
+    handler = upstream_mod.Handler(slow_s=0.3)
+    up = await upstream_mod.start(handler)
+    count = 12
+    try:
+        pol = d.policy_view("apps/a", "mail/mailtrap")
+        await d.publish_snapshot(conn, [pol], [d.upstream_view("mail/mailtrap", up,
+                                                               max_connections=2)])
+        for _ in range(count):
+            await d.queue(conn, d.envelope(pol, ["slow@example.org"]))
+        async with _dispatchers(2, nats_settings.url, tmp_path,
+                                PODPOST_DISPATCHER__IDLE_CONNECTION_S="0.3"):
+            await handler.wait_for(count, timeout_s=60.0)
+            await d.eventually(lambda: d.drained(conn))
+        dead = await d.dead_letters(conn)
+    finally:
+        await up.close()
+
+    assert len(handler.messages) == count
+    assert dead == []
+    assert 1 <= handler.max_active <= 2
