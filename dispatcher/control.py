@@ -110,6 +110,11 @@ class State:
             return False
         return True
 
+    def suspended_at(self, upstream: str, now: datetime) -> bool:
+        """Whether ``upstream`` is suspended at ``now``."""
+        suspension = self.suspended.get(upstream)
+        return suspension is not None and (suspension.until is None or suspension.until > now)
+
     def blocked(self, mail_id: str, upstream: str, seq: int, now: datetime) -> Blocked | None:
         """Why the MAIL message ``seq`` (mail ``mail_id`` for ``upstream``) may not be
         tried at ``now``; None when it may."""
@@ -144,6 +149,10 @@ class Control:
         if not self.loaded.is_set():
             return Blocked("the control state is not read yet", UNLOADED_DELAY_S)
         return self.state.blocked(mail_id, upstream, seq, now)
+
+    def suspended(self, upstream: str, now: datetime) -> bool:
+        """Whether ``upstream`` is suspended now (unknown before the first read: yes)."""
+        return not self.loaded.is_set() or self.state.suspended_at(upstream, now)
 
     async def suspend(self, conn: bus.Conn, upstream: str, for_s: float, reason: str,
                       now: datetime) -> bool:

@@ -105,6 +105,8 @@ class Moved(Event, frozen=True, tag="moved", kw_only=True):
     to_seq: int = 0
     to_upstream: str = ""
     retry: bool = False
+    reason: str = ""
+    """Set by a dispatcher's failover (``failover: ...``); empty for an operator's move."""
 
 
 class Removed(Event, frozen=True, tag="removed", kw_only=True):

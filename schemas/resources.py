@@ -178,9 +178,24 @@ class ObjectRef(_Spec, frozen=True, kw_only=True):
     namespace: str | None = None
 
 
+class Fallback(_Spec, frozen=True, kw_only=True):
+    """podpost: a second upstream for a policy's mail, with its own login."""
+
+    server: ObjectRef
+    credentials: ObjectRef | None = None
+
+
 class SMTPSink(_Spec, frozen=True, kw_only=True):
     server: ObjectRef
     credentials: ObjectRef | None = None
+    # podpost additions
+    fallbacks: Annotated[
+        list[Fallback],
+        Meta(description="podpost: servers to fail over to, in order: mail moves to the "
+             "next one while the current one is suspended, over its quota, or has failed "
+             "transiently for longer than failoverAfter; new mail goes to `server` first."),
+    ] = []
+    failover_after: Duration = "10m"
 
 
 class CatcherSink(_Spec, frozen=True, kw_only=True):

@@ -41,6 +41,13 @@ class RateLimit(msgspec.Struct, frozen=True, kw_only=True):
     period_s: float
 
 
+class Fallback(msgspec.Struct, frozen=True, kw_only=True):
+    """A policy's fallback upstream and the CREDENTIALS key of its login."""
+
+    upstream: str
+    credentials: str | None = None
+
+
 class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     """``<namespace>/<name>`` of the EmailPolicy."""
@@ -58,6 +65,10 @@ class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
     """The policy's client logins may be used before TLS."""
     rewrite_sender: str | None = None
     """The provider's verified address that replaces the envelope sender and ``From:``."""
+    fallbacks: list[Fallback] = []
+    """Upstreams to fail over to, in order (`dispatcher.rules.failover`)."""
+    failover_after_s: float = 600.0
+    """How long an upstream fails transiently before its mail moves to the next one."""
 
 
 QuotaPeriod = Literal["minute", "hour", "day", "month"]

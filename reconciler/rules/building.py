@@ -156,6 +156,7 @@ class Resolved(msgspec.Struct, frozen=True, kw_only=True):
     login: tuple[str, snapshot.Credentials] | None
     client_logins: dict[str, snapshot.ClientLogin] = {}
     """The policy's clientCredentials by username, as verifiers."""
+    fallback_logins: list[tuple[str, snapshot.Credentials]] = []
 
 
 def resolve(
@@ -179,8 +180,11 @@ def resolve(
                               f"{broken[upstream].message}")
         if smtp.credentials is not None:
             login = credentials.policy_login(policy, smtp.credentials, secrets)
+        fallbacks, fallback_logins = _fallbacks(policy, smtp, servers, secrets, broken)
+        failover_after_s = durations.parse(smtp.failover_after)
     else:
         upstream = names.CATCHER
+        fallbacks, fallback_logins, failover_after_s = [], [], 600.0
     try:
         selector = matching.compile_selector(spec.pod_selector)
     except matching.InvalidSelector as exc:
@@ -198,6 +202,8 @@ def resolve(
         require_tls=spec.require_tls,
         allow_plaintext_auth=spec.allow_plaintext_auth,
         rewrite_sender=spec.rewrite_sender,
+        fallbacks=fallbacks,
+        failover_after_s=failover_after_s,
     )
     client_logins: dict[str, snapshot.ClientLogin] = {}
     for ref in spec.client_credentials:
@@ -207,7 +213,37 @@ def resolve(
             policy=key, salt=salt, iterations=snapshot.LOGIN_ITERATIONS,
             verifier=snapshot.login_verifier(creds.password, salt, snapshot.LOGIN_ITERATIONS))
     return Resolved(view=view, selector=selector, default=spec.default, login=login,
-                    client_logins=client_logins)
+                    client_logins=client_logins, fallback_logins=fallback_logins)
+
+
+def _fallbacks(
+    policy: resources.EmailPolicy, smtp: resources.SMTPSink,
+    servers: dict[str, resources.SMTPServer], secrets: dict[str, resources.Secret],
+    broken: dict[str, _Unresolved],
+) -> tuple[list[snapshot.Fallback], list[tuple[str, snapshot.Credentials]]]:
+    """The sink's fallbacks, each server known and Ready, each login read."""
+    primary = f"{smtp.server.namespace or policy.metadata.namespace}/{smtp.server.name}"
+    out: list[snapshot.Fallback] = []
+    logins: list[tuple[str, snapshot.Credentials]] = []
+    for index, fallback in enumerate(smtp.fallbacks):
+        ref = fallback.server
+        upstream = f"{ref.namespace or policy.metadata.namespace}/{ref.name}"
+        where = f"spec.sink.smtp.fallbacks[{index}]"
+        if upstream not in servers:
+            raise _Unresolved("ServerNotFound", f"{where}: SMTPServer {upstream} not found")
+        if upstream in broken:
+            raise _Unresolved("ServerNotReady", f"{where}: SMTPServer {upstream} is not "
+                              f"Ready: {broken[upstream].message}")
+        if upstream == primary or upstream in {f.upstream for f in out}:
+            raise _Unresolved("InvalidSink", f"{where}: SMTPServer {upstream} is already "
+                              "in the sink")
+        login = None
+        if fallback.credentials is not None:
+            login = credentials.policy_login(policy, fallback.credentials, secrets)
+            logins.append(login)
+        out.append(snapshot.Fallback(upstream=upstream,
+                                     credentials=None if login is None else login[0]))
+    return out, logins
 
 
 # --- matching endpoints to policies -------------------------------------------------------
@@ -444,6 +480,7 @@ def build(inputs: inputs_mod.Inputs, *, now: datetime, source: str) -> Build:
         client_logins.update(item.client_logins)
         if item.login is not None:
             logins[item.login[0]] = item.login[1]
+        logins.update(item.fallback_logins)
 
     endpoints = sorted(inputs.endpoints, key=lambda e: e.source)
     routes, conflicts = _route(resolved, endpoints)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from loadkit import upstream as upstream_mod
 from runtime import bus, settings
-from schemas import control, names, rates, snapshot
+from schemas import control, events, names, rates, snapshot
+from tests.support import cli
 from tests.support import dispatching as d
 
 PODPOST = str(Path(sys.executable).parent / "podpost")
@@ -196,3 +197,51 @@ async def test_a_servers_connection_cap_holds_across_two_replicas(
     assert len(handler.messages) == count
     assert dead == []
     assert 1 <= handler.max_active <= 2
+
+
+async def test_a_failing_primary_fails_over_and_new_mail_goes_back_to_it(
+    conn: bus.Conn, nats_settings: settings.NatsSettings, tmp_path: Path
+) -> None:
+    """A primary answering 451 for longer than failoverAfter has its mail moved to the
+    fallback (each mail delivered exactly once, there, shown by ``podpost trace``), with
+    the recipient the primary refused for good dead-lettered once (not tried again on the
+    fallback); once the primary works again, new mail goes to it."""
+    primary = upstream_mod.Handler(flaky=1_000_000)
+    backup = upstream_mod.Handler()
+    up_p = await upstream_mod.start(primary)
+    up_b = await upstream_mod.start(backup)
+    retry = snapshot.RetryOverride(min_delay_s=0.2, max_delay_s=0.3, max_age_s=120.0)
+    try:
+        pol = d.policy_view("apps/a", "mail/primary", retry=retry, failover_after_s=1.0,
+                            fallbacks=[snapshot.Fallback(upstream="mail/backup")])
+        await d.publish_snapshot(conn, [pol], [d.upstream_view("mail/primary", up_p),
+                                               d.upstream_view("mail/backup", up_b)])
+        envs = [d.envelope(pol, [f"m-{i}@example.org"]) for i in range(3)]
+        envs.append(d.envelope(pol, ["fail-550@example.org", "m-3@example.org"]))
+        for env in envs:
+            await d.queue(conn, env)
+        async with d.recording_events(conn) as seen, _dispatchers(
+                2, nats_settings.url, tmp_path):
+            await backup.wait_for(len(envs), timeout_s=40.0)
+            await d.eventually(lambda: d.drained(conn))
+            primary.flaky = 0  # the primary recovers
+            late = d.envelope(pol, ["late@example.org"])
+            await d.queue(conn, late)
+            await primary.wait_for(1, timeout_s=30.0)
+            await d.eventually(lambda: d.drained(conn))
+            await asyncio.sleep(0.5)  # a duplicate would show up now
+            trace = await cli.podpost(nats_settings.url, "trace", envs[0].id)
+        dead = await d.dead_letters(conn)
+    finally:
+        await up_p.close()
+        await up_b.close()
+
+    assert sorted(r for m in backup.messages for r in m.rcpt_to) == [
+        f"m-{i}@example.org" for i in range(4)]
+    assert [m.rcpt_to for m in primary.messages] == [["late@example.org"]]
+    assert [(x.envelope.upstream, x.envelope.rcpt_to) for x in dead] == [
+        ("mail/primary", ["fail-550@example.org"])]
+    moved = [e for e in d.of_kind(seen, events.Moved) if e.reason.startswith("failover")]
+    assert sorted(e.mail_id for e in moved) == sorted(e.id for e in envs)
+    assert {e.to_upstream for e in moved} == {"mail/backup"}
+    assert "mail/backup" in trace.out and "moved" in trace.out

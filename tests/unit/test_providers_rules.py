@@ -1,18 +1,19 @@
 """The pure decisions about providers: quota windows and costs, reply rules, their place
-in `classify`, and how the reconciler builds quotas and rules."""
+in `classify`, failover's chain and health, and how the reconciler builds quotas, rules
+and fallbacks."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.rules import classify, quotas, replyrules
+from dispatcher.rules import classify, failover, quotas, replyrules
 from dispatcher.rules.outcome import Outcome, RcptResult
 from schemas import snapshot
-from tests.unit.test_building import build, condition, server
+from tests.unit.test_building import build, condition, policy, secret, server
 
 POLICY = snapshot.RetryPolicy(min_delay_s=300.0, max_delay_s=4020.0, max_age_s=86400.0)
 RULES = replyrules.compile_rules([])
@@ -183,3 +184,57 @@ def test_a_bad_zone_or_pattern_makes_the_server_not_ready(spec: dict[str, object
     result = build(servers=[server(**spec)])
     assert condition(result, "SMTPServer:app/relay").reason == reason
     assert "app/relay" not in result.snapshot.upstreams
+
+
+def _view(*fallbacks: str) -> snapshot.PolicyView:
+    return snapshot.PolicyView(key="apps/a", upstream="mail/p", credentials="apps.p",
+                               fallbacks=[snapshot.Fallback(upstream=f, credentials=f"c.{f}")
+                                          for f in fallbacks])
+
+
+def test_failover_goes_down_the_chain_past_suspended_upstreams() -> None:
+    """The next upstream is the first after the current one that is not suspended; the
+    last keeps its mail; each upstream has its own login."""
+    view = _view("mail/b", "mail/c")
+    assert failover.next_upstream(view, "mail/p", lambda u: False) == "mail/b"
+    assert failover.next_upstream(view, "mail/p", lambda u: u == "mail/b") == "mail/c"
+    assert failover.next_upstream(view, "mail/b", lambda u: False) == "mail/c"
+    assert failover.next_upstream(view, "mail/c", lambda u: False) is None
+    assert failover.next_upstream(view, "mail/other", lambda u: False) is None
+    assert failover.credentials_for(view, "mail/p") == "apps.p"
+    assert failover.credentials_for(view, "mail/c") == "c.mail/c"
+
+
+def test_health_counts_failing_time_until_a_delivery() -> None:
+    """An upstream fails for as long as no delivery followed its first transient failure."""
+    health = failover.Health()
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    health.failed("mail/p", t0)
+    health.failed("mail/p", t0 + timedelta(seconds=30))
+    since = health.since("mail/p")
+    assert failover.failing_too_long(since, t0 + timedelta(seconds=60), 60.0)
+    assert not failover.failing_too_long(since, t0 + timedelta(seconds=59), 60.0)
+    health.delivered("mail/p")
+    assert not failover.failing_too_long(health.since("mail/p"), t0 + timedelta(days=1), 60.0)
+
+
+def test_the_reconciler_builds_fallbacks_with_their_logins() -> None:
+    """A sink's fallbacks become the policy's, in order, each login published; an
+    unknown fallback server or one already in the sink makes the policy not ready."""
+    result = build(
+        servers=[server("relay"), server("backup")], secrets=[secret("login"),
+                                                              secret("other")],
+        policies=[policy("web", sink={"smtp": {
+            "server": {"name": "relay"}, "credentials": {"name": "login"},
+            "fallbacks": [{"server": {"name": "backup"}, "credentials": {"name": "other"}}],
+            "failoverAfter": "2m"}})])
+    view = result.snapshot.policies["app/web"]
+    assert view.fallbacks == [snapshot.Fallback(upstream="app/backup",
+                                                credentials="app__other")]
+    assert view.failover_after_s == 120.0
+    assert set(result.credentials) == {"app__login", "app__other"}
+    for fallbacks, reason in (([{"server": {"name": "nope"}}], "ServerNotFound"),
+                              ([{"server": {"name": "relay"}}], "InvalidSink")):
+        bad = build(servers=[server("relay")], policies=[policy("web", sink={"smtp": {
+            "server": {"name": "relay"}, "fallbacks": fallbacks}})])
+        assert condition(bad, "EmailPolicy:app/web").reason == reason
