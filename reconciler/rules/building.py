@@ -31,14 +31,13 @@ import functools
 import hashlib
 import ipaddress
 import re
-import zoneinfo
 from collections import defaultdict
 from datetime import datetime
 from typing import TypeVar
 
 import msgspec
 
-from reconciler.rules import credentials, matching
+from reconciler.rules import credentials, matching, providers
 from reconciler.rules import inputs as inputs_mod
 from schemas import durations, names, resources, snapshot
 
@@ -97,33 +96,9 @@ def upstream_view(
         max_connections=spec.max_connections,
         timeout_s=spec.timeout_seconds,
         tls_ca=tls_ca,
-        quotas=[_quota(i, q) for i, q in enumerate(spec.quotas)],
-        reply_rules=[_reply_rule(i, r) for i, r in enumerate(spec.reply_rules)],
+        quotas=[providers.quota(i, q) for i, q in enumerate(spec.quotas)],
+        reply_rules=[providers.reply_rule(i, r) for i, r in enumerate(spec.reply_rules)],
     )
-
-
-def _quota(index: int, quota: resources.Quota) -> snapshot.Quota:
-    if quota.time_zone is not None:
-        try:
-            zoneinfo.ZoneInfo(quota.time_zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise _Unresolved("InvalidQuota", f"spec.quotas[{index}].timeZone: unknown time "
-                              f"zone {quota.time_zone!r}") from exc
-    return snapshot.Quota(maximum=quota.maximum, period=quota.period, count=quota.count,
-                          time_zone=quota.time_zone)
-
-
-def _reply_rule(index: int, rule: resources.ReplyRule) -> snapshot.ReplyRule:
-    try:
-        re.compile(rule.match)
-    except re.error as exc:
-        raise _Unresolved("InvalidReplyRule",
-                          f"spec.replyRules[{index}].match: {exc}") from exc
-    try:
-        for_s = None if rule.for_ is None else durations.parse(rule.for_)
-    except ValueError as exc:
-        raise _Unresolved("InvalidReplyRule", f"spec.replyRules[{index}].for: {exc}") from exc
-    return snapshot.ReplyRule(match=rule.match, action=rule.action, for_s=for_s)
 
 
 # --- policies -----------------------------------------------------------------------------
@@ -180,7 +155,7 @@ def resolve(
                               f"{broken[upstream].message}")
         if smtp.credentials is not None:
             login = credentials.policy_login(policy, smtp.credentials, secrets)
-        fallbacks, fallback_logins = _fallbacks(policy, smtp, servers, secrets, broken)
+        fallbacks, fallback_logins = providers.fallbacks(policy, smtp, servers, secrets, broken)
         failover_after_s = durations.parse(smtp.failover_after)
     else:
         upstream = names.CATCHER
@@ -214,36 +189,6 @@ def resolve(
             verifier=snapshot.login_verifier(creds.password, salt, snapshot.LOGIN_ITERATIONS))
     return Resolved(view=view, selector=selector, default=spec.default, login=login,
                     client_logins=client_logins, fallback_logins=fallback_logins)
-
-
-def _fallbacks(
-    policy: resources.EmailPolicy, smtp: resources.SMTPSink,
-    servers: dict[str, resources.SMTPServer], secrets: dict[str, resources.Secret],
-    broken: dict[str, _Unresolved],
-) -> tuple[list[snapshot.Fallback], list[tuple[str, snapshot.Credentials]]]:
-    """The sink's fallbacks, each server known and Ready, each login read."""
-    primary = f"{smtp.server.namespace or policy.metadata.namespace}/{smtp.server.name}"
-    out: list[snapshot.Fallback] = []
-    logins: list[tuple[str, snapshot.Credentials]] = []
-    for index, fallback in enumerate(smtp.fallbacks):
-        ref = fallback.server
-        upstream = f"{ref.namespace or policy.metadata.namespace}/{ref.name}"
-        where = f"spec.sink.smtp.fallbacks[{index}]"
-        if upstream not in servers:
-            raise _Unresolved("ServerNotFound", f"{where}: SMTPServer {upstream} not found")
-        if upstream in broken:
-            raise _Unresolved("ServerNotReady", f"{where}: SMTPServer {upstream} is not "
-                              f"Ready: {broken[upstream].message}")
-        if upstream == primary or upstream in {f.upstream for f in out}:
-            raise _Unresolved("InvalidSink", f"{where}: SMTPServer {upstream} is already "
-                              "in the sink")
-        login = None
-        if fallback.credentials is not None:
-            login = credentials.policy_login(policy, fallback.credentials, secrets)
-            logins.append(login)
-        out.append(snapshot.Fallback(upstream=upstream,
-                                     credentials=None if login is None else login[0]))
-    return out, logins
 
 
 # --- matching endpoints to policies -------------------------------------------------------
