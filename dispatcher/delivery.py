@@ -163,8 +163,9 @@ async def _attempt(
     decision, over_quota = await _try(ctx, item, rcpts, up, view, retry, login)
     if decision.settled or not view.fallbacks:
         return decision, None
-    if over_quota or (decision.attempt > 0 and failover.failing_too_long(
-            ctx.health.since(up.key), _now(), view.failover_after_s)):
+    failing = decision.attempt > 0 and failover.failing_too_long(
+        ctx.health.since(up.key), _now(), view.failover_after_s)
+    if over_quota or decision.steer is not None or failing:  # full, suspended or down
         return decision, _target(ctx, view, up.key, _now())
     return decision, None
 

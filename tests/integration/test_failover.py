@@ -104,3 +104,31 @@ async def test_the_last_upstream_keeps_its_mail(
         await up_p.close()
     assert [m.rcpt_to for m in primary.messages] == [["m@example.org"]]
     assert d.of_kind(seen, events.Moved) == []
+
+
+async def test_a_quota_reply_fails_over_at_once(
+    conn: bus.Conn, nats_settings: settings.NatsSettings
+) -> None:
+    """A primary answering ``550 5.4.5`` is suspended and the mail goes to the fallback
+    at once (no failoverAfter wait), nothing dead."""
+    primary = upstream_mod.ProviderHandler(refuse_all=True)
+    backup = upstream_mod.Handler()
+    up_p, up_b = await upstream_mod.start(primary), await upstream_mod.start(backup)
+    try:
+        pol = d.policy_view("apps/a", "mail/primary", retry=RETRY, failover_after_s=3600.0,
+                            fallbacks=[snapshot.Fallback(upstream="mail/backup")])
+        await d.publish_snapshot(conn, [pol], [d.upstream_view("mail/primary", up_p),
+                                               d.upstream_view("mail/backup", up_b)])
+        await d.queue(conn, d.envelope(pol, ["m@example.org"]))
+        async with d.dispatcher(d.config(nats_settings)):
+            await backup.wait_for(1)
+            await d.eventually(lambda: d.drained(conn))
+        dead = await d.dead_letters(conn)
+        entry = await (await bus.control_kv(conn)).get(names.suspend_key("mail/primary"))
+    finally:
+        await up_p.close()
+        await up_b.close()
+    assert [m.rcpt_to for m in backup.messages] == [["m@example.org"]]
+    assert primary.refused == 1
+    assert dead == []
+    assert control.suspension_decoder.decode(entry.value or b"").by == "dispatcher"
