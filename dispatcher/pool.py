@@ -24,8 +24,10 @@ The whole API the worker needs::
   none of it, so this cannot duplicate it. After DATA started nothing is retried here.
 - **The installation's cap.** For an upstream whose `SMTPServer` sets ``maxConnections``
   each new session first takes a lease on one of its slots across every replica
-  (`leasing`), waiting up to the command timeout for one; none free is the outcome
-  ``busy`` (the trip holds the mail: no attempt). Closing the session gives the lease back.
+  (`leasing`), waiting up to `LEASE_WAIT_S` for one; none free is the outcome ``busy``
+  (the trip holds the mail: no attempt). Closing the session gives the lease back, and
+  such a session is closed once idle for `CAPPED_IDLE_S`, so an idle replica does not sit
+  on slots a busy one needs.
 - **Idle.** Sessions idle longer than ``cfg.idle_connection_s`` are closed when the next
   delivery looks at that upstream, and by `Pool.run` for upstreams nobody is using.
 """
@@ -53,6 +55,10 @@ log = structlog.get_logger("dispatcher.pool")
 _Identity = tuple[str, int, str, str, str, str]
 """(host, port, connect, authType, CA key, login hash): what an open session is bound to."""
 
+LEASE_WAIT_S = 5.0
+"""How long a new session waits for a slot of the installation's cap."""
+CAPPED_IDLE_S = 1.0
+"""Idle time after which a session holding a slot of the installation's cap is closed."""
 MAX_CA_CONTEXTS = 64
 """Bound on cached per-CA TLS contexts (a rotated bundle gets a new key; old ones go)."""
 
@@ -84,6 +90,8 @@ class _Upstream:
     """Sessions open: in use plus idle. Never above ``cap`` (see `Pool._checkout`)."""
     idle: list[tuple[_Identity, sending.Connection]] = field(default_factory=list)
     """Most recently used last."""
+    idle_s: float = float("inf")
+    """Idle sessions are closed after this long, at most ``cfg.idle_connection_s``."""
 
 
 class Pool:
@@ -173,6 +181,8 @@ class Pool:
         state = self._upstreams.get(upstream.key)
         if state is None:
             state = _Upstream(cap=cap, slots=asyncio.Semaphore(cap))
+            if self._leases is not None and upstream.max_connections:
+                state.idle_s = min(state.idle_s, CAPPED_IDLE_S)
             self._upstreams[upstream.key] = state
         elif state.cap != cap:  # holders of the old semaphore release into it
             state.cap, state.slots = cap, asyncio.Semaphore(cap)
@@ -240,7 +250,7 @@ class Pool:
                 return opened
             if self._leases is not None and upstream.max_connections:
                 lease = await self._leases.acquire(upstream.key, upstream.max_connections,
-                                                   timeout_s)
+                                                   min(timeout_s, LEASE_WAIT_S))
                 if lease is None:
                     opened = Outcome(failure="busy", reply=(
                         f"all {upstream.max_connections} connections of the installation "
@@ -279,7 +289,7 @@ class Pool:
                  transactions=conn.transactions)
 
     def _expire(self, state: _Upstream, now: float) -> list[sending.Connection]:
-        limit = self._cfg.idle_connection_s
+        limit = min(self._cfg.idle_connection_s, state.idle_s)
         return _take(state, lambda _, c: not c.alive or now - c.idle_since > limit)
 
     async def reap(self) -> int:
@@ -293,7 +303,10 @@ class Pool:
     async def run(self, stop: asyncio.Event) -> None:
         """Reap idle sessions until ``stop`` is set (a task in the worker's TaskGroup);
         it does not close the pool: `close` (or leaving ``async with``) does."""
-        interval = min(max(self._cfg.idle_connection_s / 2, 0.05), 5.0)
+        idle_s = self._cfg.idle_connection_s
+        if self._leases is not None:
+            idle_s = min(idle_s, CAPPED_IDLE_S)
+        interval = min(max(idle_s / 2, 0.05), 5.0)
         while not stop.is_set():
             await waiting.sleep_or_stop(stop, interval)
             await self.reap()
