@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from tests.support import dispatching as d
 PODPOST = str(Path(sys.executable).parent / "podpost")
 N = 4
 """The account's daily quota."""
-DAY_MS = 4000
+DAY_MS = 2000
 """A day, scaled for the test."""
 SCALE = DAY_MS / 86_400_000
 
@@ -87,17 +88,27 @@ async def test_a_daily_quota_shared_by_two_policies_holds_across_two_replicas(
     (the provider refuses none), the rest in later windows, and nothing is dead."""
     handler = upstream_mod.ProviderHandler(maximum=N, period_ms=DAY_MS)
     up = await upstream_mod.start(handler)
+    probe = upstream_mod.Handler()
+    up_probe = await upstream_mod.start(probe)
     try:
         pol_a = d.policy_view("apps/a", "mail/brevo")
         pol_b = d.policy_view("apps/b", "mail/brevo")
+        pol_p = d.policy_view("apps/probe", "mail/probe")
         view = d.upstream_view("mail/brevo", up, quotas=[
             snapshot.Quota(maximum=N, period="day")])
-        await d.publish_snapshot(conn, [pol_a, pol_b], [view])
+        await d.publish_snapshot(conn, [pol_a, pol_b, pol_p],
+                                 [view, d.upstream_view("mail/probe", up_probe)])
         rcpts = [f"a-{i}@example.org" for i in range(N + 1)] + [
             f"b-{i}@example.org" for i in range(N + 1)]
-        for rcpt in rcpts:
-            await d.queue(conn, d.envelope(pol_a if rcpt.startswith("a") else pol_b, [rcpt]))
         async with _dispatchers(2, nats_settings.url, tmp_path):
+            await d.queue(conn, d.envelope(pol_p, ["probe@example.org"]))
+            await probe.wait_for(1, timeout_s=20.0)  # the dispatchers are up
+            # Queue at the start of a window, so the first burst does not straddle its
+            # end (a message counted in one window and arriving in the next).
+            await asyncio.sleep((DAY_MS - time.time() * 1000 % DAY_MS) / 1000 + 0.1)
+            for rcpt in rcpts:
+                await d.queue(conn, d.envelope(pol_a if rcpt.startswith("a") else pol_b,
+                                               [rcpt]))
             await handler.wait_for(len(rcpts), timeout_s=40.0)
             await d.eventually(lambda: d.drained(conn))
             await asyncio.sleep(0.5)  # a duplicate would show up now
@@ -105,6 +116,7 @@ async def test_a_daily_quota_shared_by_two_policies_holds_across_two_replicas(
         dead = await d.dead_letters(conn)
     finally:
         await up.close()
+        await up_probe.close()
 
     assert sorted(r for m in handler.messages for r in m.rcpt_to) == sorted(rcpts)
     assert dead == []
