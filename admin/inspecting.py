@@ -169,21 +169,38 @@ async def _attempt_records(conn: bus.Conn) -> tuple[list[mail.AttemptRecord], in
     return records, bad
 
 
+async def _rate_values(conn: bus.Conn) -> list[tuple[str, bytes]]:
+    """(key, value) of every live entry of the RATES bucket."""
+    bucket = conn.names.rates_bucket
+    stored = await scanning.scan(conn, names.kv_stream(bucket), names.kv_filter(bucket),
+                        last_per_subject=True)
+    prefix = names.kv_filter(bucket)[:-1]
+    return [(msg.subject.removeprefix(prefix), msg.data) for msg in stored
+            if msg.headers.get("KV-Operation") not in ("DEL", "PURGE") and msg.data]
+
+
 async def rate_used(conn: bus.Conn, now: datetime) -> dict[str, int]:
     """Messages sent per policy in its current rate-limit window (RATES bucket): the
     window's ``sent``, not its ``used``, which also holds the tokens dispatchers reserved
     for fetches still waiting for mail."""
-    bucket = conn.names.rates_bucket
-    stored = await scanning.scan(conn, names.kv_stream(bucket), names.kv_filter(bucket),
-                        last_per_subject=True)
     windows: list[rates.RateWindow] = []
-    for msg in stored:
-        if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+    for key, value in await _rate_values(conn):
+        if key.startswith(rates.QUOTA):
             continue
         with contextlib.suppress(msgspec.DecodeError):
-            windows.append(rates.window_decoder.decode(msg.data))
+            windows.append(rates.window_decoder.decode(value))
     now_ms = int(now.timestamp() * 1000)
     return {policy: w.sent for policy, w in rates.current(windows, now_ms).items()}
+
+
+async def quota_used(conn: bus.Conn, now: datetime) -> list[rates.QuotaWindow]:
+    """The provider accounts' current quota windows (RATES bucket, ``quota.*`` keys)."""
+    windows: list[rates.QuotaWindow] = []
+    for key, value in await _rate_values(conn):
+        if key.startswith(rates.QUOTA):
+            with contextlib.suppress(msgspec.DecodeError):
+                windows.append(rates.quota_decoder.decode(value))
+    return rates.current_quotas(windows, int(now.timestamp() * 1000))
 
 
 async def policy_snapshot(conn: bus.Conn) -> tuple[snapshot_mod.PolicySnapshot | None, int]:
@@ -199,7 +216,8 @@ async def status(conn: bus.Conn, now: datetime) -> statusreport.StatusReport:
     records, bad = await _attempt_records(conn)
     snap, revision = await policy_snapshot(conn)
     used = await rate_used(conn, now)
+    quota_windows = await quota_used(conn, now)
     report = statusreport.status_report(bus_names, now=now, queued=queued, consumers=consumers,
                                         attempts=records, dead=dead, snap=snap, revision=revision,
-                                        rate_used=used)
+                                        rate_used=used, quota_windows=quota_windows)
     return msgspec.structs.replace(report, unreadable_attempts=bad)

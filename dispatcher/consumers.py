@@ -41,11 +41,13 @@ Work = Callable[
 def wanted(
     snap: snapshot.PolicySnapshot | None, queued: Iterable[Pair], serve: Sequence[str]
 ) -> set[Pair]:
-    """The pairs to consume: every policy's current route plus every pair with mail
-    queued, limited to the upstreams in ``serve`` (all when empty)."""
+    """The pairs to consume: every policy's current route and fallbacks plus every pair
+    with mail queued, limited to the upstreams in ``serve`` (all when empty)."""
     pairs = set(queued)
     if snap is not None:
         pairs |= {Pair(view.upstream, view.key) for view in snap.policies.values()}
+        pairs |= {Pair(f.upstream, view.key) for view in snap.policies.values()
+                  for f in view.fallbacks}
     if serve:
         allowed = set(serve)
         pairs = {pair for pair in pairs if pair.upstream in allowed}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 import msgspec
@@ -110,6 +110,11 @@ class State:
             return False
         return True
 
+    def suspended_at(self, upstream: str, now: datetime) -> bool:
+        """Whether ``upstream`` is suspended at ``now``."""
+        suspension = self.suspended.get(upstream)
+        return suspension is not None and (suspension.until is None or suspension.until > now)
+
     def blocked(self, mail_id: str, upstream: str, seq: int, now: datetime) -> Blocked | None:
         """Why the MAIL message ``seq`` (mail ``mail_id`` for ``upstream``) may not be
         tried at ``now``; None when it may."""
@@ -144,6 +149,35 @@ class Control:
         if not self.loaded.is_set():
             return Blocked("the control state is not read yet", UNLOADED_DELAY_S)
         return self.state.blocked(mail_id, upstream, seq, now)
+
+    def suspended(self, upstream: str, now: datetime) -> bool:
+        """Whether ``upstream`` is suspended now (unknown before the first read: yes)."""
+        return not self.loaded.is_set() or self.state.suspended_at(upstream, now)
+
+    async def suspend(self, conn: bus.Conn, upstream: str, for_s: float, reason: str,
+                      now: datetime) -> bool:
+        """A reply rule suspends ``upstream`` for ``for_s``: write the suspension to
+        CONTROL (every replica's watch sees it) and apply it here at once. An operator's
+        suspension that lasts as long or longer is left alone. False when it could not be
+        written (it still holds in this replica until ``until``)."""
+        until = now + timedelta(seconds=for_s)
+        seen = self.state.suspended.get(upstream)
+        if seen is not None and (seen.until is None or seen.until >= until):
+            return True
+        entry = control.Suspension(upstream=upstream, since=now, until=until,
+                                   reason=reason, by="dispatcher")
+        self.state.suspended[upstream] = entry
+        try:
+            async with asyncio.timeout(conn.deadlines.kv_s):
+                kv = await bus.control_kv(conn)
+                await kv.put(names.suspend_key(upstream), control.encoder.encode(entry))
+        except bus.TRANSIENT as exc:
+            log.warning("dispatcher.suspend_failed", upstream=upstream,
+                        error=str(exc) or repr(exc))
+            return False
+        log.warning("dispatcher.upstream_suspended", upstream=upstream, until=until.isoformat(),
+                    reason=reason)
+        return True
 
     def probe(self) -> str | None:
         """For ``/readyz``: not ready until the control state was read."""

@@ -21,7 +21,9 @@ from dispatcher import (
     control,
     delivery,
     keyring,
+    leasing,
     pool,
+    quotakv,
     ratekv,
     recording,
     sampling,
@@ -45,7 +47,8 @@ async def serve(
         holder = policies.SnapshotHolder(role="dispatcher")
         steering = control.Control(cfg.dispatcher.hold_delay_s)
         stores = await recording.open_stores(conn)
-        async with pool.Pool(cfg.dispatcher) as smtp_pool:
+        leases = leasing.Leases(await bus.rates_kv(conn), kv_s=conn.deadlines.kv_s)
+        async with pool.Pool(cfg.dispatcher, leases=leases) as smtp_pool:
             shared = worker.Shared(
                 trip=delivery.Context(
                     cfg=cfg, holder=holder, pool=smtp_pool,
@@ -53,6 +56,9 @@ async def serve(
                     keyring=keyring.Keyring(await bus.credentials_kv(conn),
                                             deadlines=conn.deadlines),
                     control=steering,
+                    quotas=quotakv.QuotaCounter(
+                        await bus.rates_kv(conn), scale=cfg.dispatcher.rate_window_scale,
+                        deadlines=conn.deadlines),
                 ),
                 limiter=limiter or ratekv.KvLimiter(
                     await bus.rates_kv(conn), scale=cfg.dispatcher.rate_window_scale,
@@ -67,6 +73,7 @@ async def serve(
                     tg.create_task(steering.run(conn, stop))
                     tg.create_task(smtp_pool.run(stop))
                     tg.create_task(sweeping.run(stores, cfg.dispatcher, stop))
+                    tg.create_task(leases.run(stop))
                     tg.create_task(consumers.run(
                         conn, cfg, holder, functools.partial(worker.run, shared), stop))
                     if cfg.health.port:

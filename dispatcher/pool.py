@@ -22,6 +22,12 @@ The whole API the worker needs::
   A session the upstream closed while idle is noticed and replaced; if one dies under us
   before DATA, the mail is tried once more on a newly opened session: the upstream has
   none of it, so this cannot duplicate it. After DATA started nothing is retried here.
+- **The installation's cap.** For an upstream whose `SMTPServer` sets ``maxConnections``
+  each new session first takes a lease on one of its slots across every replica
+  (`leasing`), waiting up to `LEASE_WAIT_S` for one; none free is the outcome ``busy``
+  (the trip holds the mail: no attempt). Closing the session gives the lease back, and
+  such a session is closed once idle for `CAPPED_IDLE_S`, so an idle replica does not sit
+  on slots a busy one needs.
 - **Idle.** Sessions idle longer than ``cfg.idle_connection_s`` are closed when the next
   delivery looks at that upstream, and by `Pool.run` for upstreams nobody is using.
 """
@@ -39,7 +45,7 @@ from types import TracebackType
 import msgspec
 import structlog
 
-from dispatcher import sending
+from dispatcher import leasing, sending
 from dispatcher.rules.outcome import Outcome
 from runtime import settings, waiting
 from schemas import snapshot
@@ -49,6 +55,10 @@ log = structlog.get_logger("dispatcher.pool")
 _Identity = tuple[str, int, str, str, str, str]
 """(host, port, connect, authType, CA key, login hash): what an open session is bound to."""
 
+LEASE_WAIT_S = 5.0
+"""How long a new session waits for a slot of the installation's cap."""
+CAPPED_IDLE_S = 1.0
+"""Idle time after which a session holding a slot of the installation's cap is closed."""
 MAX_CA_CONTEXTS = 64
 """Bound on cached per-CA TLS contexts (a rotated bundle gets a new key; old ones go)."""
 
@@ -80,6 +90,8 @@ class _Upstream:
     """Sessions open: in use plus idle. Never above ``cap`` (see `Pool._checkout`)."""
     idle: list[tuple[_Identity, sending.Connection]] = field(default_factory=list)
     """Most recently used last."""
+    idle_s: float = float("inf")
+    """Idle sessions are closed after this long, at most ``cfg.idle_connection_s``."""
 
 
 class Pool:
@@ -91,8 +103,12 @@ class Pool:
         *,
         tls: ssl.SSLContext | None = None,
         local_hostname: str | None = None,
+        leases: leasing.Leases | None = None,
     ) -> None:
         self._cfg = cfg
+        self._leases = leases
+        self._lease_of: dict[int, str] = {}
+        """id(connection) -> its slot in the installation's cap."""
         self._tls = tls if tls is not None else sending.tls_context(cfg)
         self._ca_contexts: dict[str, ssl.SSLContext] = {}
         self._hostname = local_hostname
@@ -165,6 +181,8 @@ class Pool:
         state = self._upstreams.get(upstream.key)
         if state is None:
             state = _Upstream(cap=cap, slots=asyncio.Semaphore(cap))
+            if self._leases is not None and upstream.max_connections:
+                state.idle_s = min(state.idle_s, CAPPED_IDLE_S)
             self._upstreams[upstream.key] = state
         elif state.cap != cap:  # holders of the old semaphore release into it
             state.cap, state.slots = cap, asyncio.Semaphore(cap)
@@ -223,12 +241,21 @@ class Pool:
     ) -> sending.Connection | Outcome:
         """Connect for a slot `_checkout` counted; gives the count back on failure."""
         opened: sending.Connection | Outcome | None = None
+        lease: str | None = None
         try:
             try:
                 tls = self._context(upstream, ca)
             except ssl.SSLError as exc:
                 opened = Outcome(failure="tls", reply=f"tlsCA {upstream.tls_ca}: {exc}")
                 return opened
+            if self._leases is not None and upstream.max_connections:
+                lease = await self._leases.acquire(upstream.key, upstream.max_connections,
+                                                   min(timeout_s, LEASE_WAIT_S))
+                if lease is None:
+                    opened = Outcome(failure="busy", reply=(
+                        f"all {upstream.max_connections} connections of the installation "
+                        "to this upstream are in use"))
+                    return opened
             opened = await sending.connect(
                 upstream, creds, tls=tls, timeout_s=timeout_s,
                 local_hostname=await self._local_hostname(),
@@ -236,6 +263,10 @@ class Pool:
         finally:
             if not isinstance(opened, sending.Connection):
                 state.open -= 1
+                if self._leases is not None:
+                    self._leases.release(lease)
+            elif lease is not None:
+                self._lease_of[id(opened)] = lease
         if isinstance(opened, sending.Connection):
             log.info("dispatcher.connection_opened", upstream=upstream.key,
                      host=upstream.host, port=upstream.port, connect=upstream.connect)
@@ -253,11 +284,12 @@ class Pool:
         state.open -= 1
         reason = "closed" if self._closed else ("broken" if reusable else "abandoned")
         conn.smtp.close()
+        self._unlease(conn)
         log.info("dispatcher.connection_closed", upstream=conn.upstream.key, reason=reason,
                  transactions=conn.transactions)
 
     def _expire(self, state: _Upstream, now: float) -> list[sending.Connection]:
-        limit = self._cfg.idle_connection_s
+        limit = min(self._cfg.idle_connection_s, state.idle_s)
         return _take(state, lambda _, c: not c.alive or now - c.idle_since > limit)
 
     async def reap(self) -> int:
@@ -271,7 +303,10 @@ class Pool:
     async def run(self, stop: asyncio.Event) -> None:
         """Reap idle sessions until ``stop`` is set (a task in the worker's TaskGroup);
         it does not close the pool: `close` (or leaving ``async with``) does."""
-        interval = min(max(self._cfg.idle_connection_s / 2, 0.05), 5.0)
+        idle_s = self._cfg.idle_connection_s
+        if self._leases is not None:
+            idle_s = min(idle_s, CAPPED_IDLE_S)
+        interval = min(max(idle_s / 2, 0.05), 5.0)
         while not stop.is_set():
             await waiting.sleep_or_stop(stop, interval)
             await self.reap()
@@ -290,12 +325,22 @@ class Pool:
     async def _close_all(self, drop: list[tuple[sending.Connection, str]]) -> None:
         if not drop:
             return
-        async with asyncio.TaskGroup() as tg:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for conn, _ in drop:
+                    tg.create_task(sending.close(conn))
+        finally:
             for conn, _ in drop:
-                tg.create_task(sending.close(conn))
+                self._unlease(conn)
         for conn, reason in drop:
             log.info("dispatcher.connection_closed", upstream=conn.upstream.key,
                      reason=reason, transactions=conn.transactions)
+
+    def _unlease(self, conn: sending.Connection) -> None:
+        """A closed session gives its slot of the installation's cap back."""
+        lease = self._lease_of.pop(id(conn), None)
+        if lease is not None and self._leases is not None:
+            self._leases.release(lease)
 
     async def _local_hostname(self) -> str:
         """The name we EHLO with: this machine's FQDN, looked up once (it may block on

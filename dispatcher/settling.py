@@ -36,6 +36,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
 import structlog
 
 from dispatcher import holding, recording
@@ -102,6 +103,68 @@ async def settle(
             await stored  # never raises: eventing.record logs its own failure
     await _report(stores.conn, item, decision, now)
     count(item, decision, now)
+
+
+async def fail_over(
+    stores: recording.Stores, item: Mail, decision: classify.Decision, to_upstream: str,
+    now: datetime,
+) -> None:
+    """Move a mail to the policy's next upstream, durably, like ``queue move``: the dead
+    letters and the attempt record (with ``moved_to``, and the settled recipients, so
+    the copy sends only to the others) first, then the copy on ``to_upstream``'s subject
+    (dedupe id from mail id and target) with its PubAck, then the original's ack. A
+    crash in between redelivers the original, which stores the copy again (the same
+    dedupe id: stored once) and is removed (`moved_again`)."""
+    env = item.envelope
+    record = msgspec.structs.replace(
+        ledger.after(item.record, decision, now=now, policy=item.policy,
+                     upstream=item.upstream), moved_to=to_upstream,
+        moved_seq=item.msg.metadata.sequence.stream)
+    key = mail.attempts_key(env)
+    for verdict in decision.of(classify.Fate.DEAD):
+        await recording.dead_letter(stores, env, item.upstream, verdict, record, key, now)
+    copy = msgspec.structs.replace(env, upstream=to_upstream,
+                                   moved_from=item.msg.metadata.sequence.stream)
+    await recording.put(stores, key, record)
+    if mail.attempts_key(copy) != key:
+        await recording.put(stores, mail.attempts_key(copy), record)
+    to_seq = await _store_copy(stores.conn, copy, to_upstream)
+    try:
+        await _ack(stores.conn, item.msg)
+    except bus.TRANSIENT as exc:  # it comes back and is removed then (moved_to)
+        log.warning("dispatcher.ack_unconfirmed", error=str(exc) or repr(exc))
+    reported = msgspec.structs.replace(decision, verdicts=[
+        v for v in decision.verdicts if v.fate is not classify.Fate.RETRY])
+    await _report(stores.conn, item, reported, now)
+    count(item, reported, now)
+    reason = next((v.reason for v in decision.of(classify.Fate.RETRY)), "")
+    await eventing.emit(stores.conn, events.Moved(
+        mail_id=env.id, at=now, policy=item.policy, upstream=item.upstream,
+        from_seq=item.msg.metadata.sequence.stream, to_seq=to_seq, to_upstream=to_upstream,
+        reason=f"failover: {reason}" if reason else "failover"))
+    log.warning("dispatcher.mail_failed_over", to_upstream=to_upstream, reason=reason,
+                rcpt_count=len(ledger.pending(env, record)))
+
+
+async def moved_again(stores: recording.Stores, item: Mail, now: datetime) -> None:
+    """A redelivered original whose record says it was moved (``moved_to``): store the
+    copy again (stored once: the dedupe id) and remove the original; nothing is sent."""
+    env = item.envelope
+    to_upstream = item.record.moved_to
+    copy = msgspec.structs.replace(env, upstream=to_upstream,
+                                   moved_from=item.msg.metadata.sequence.stream)
+    await _store_copy(stores.conn, copy, to_upstream)
+    await _ack(stores.conn, item.msg)
+    log.info("dispatcher.move_finished", to_upstream=to_upstream)
+
+
+async def _store_copy(conn: bus.Conn, copy: mail.Envelope, to_upstream: str) -> int:
+    async with asyncio.timeout(conn.deadlines.publish_s):
+        ack = await conn.js.publish(conn.names.mail_subject(to_upstream, copy.policy),
+                                    mail.envelope_encoder.encode(copy),
+                                    headers={"Nats-Msg-Id": mail.failover_msg_id(
+                                        copy.id, to_upstream)})
+    return int(ack.seq or 0)
 
 
 async def catch(stores: recording.Stores, item: Mail, now: datetime) -> None:

@@ -10,6 +10,7 @@ selects, like httpx's ``/status/<code>`` routes:
 ``flaky`` makes the next N deliveries answer 451 at DATA, then recover. A closed ``gate``
 (`Handler.close_gate`) holds every DATA reply until it is opened again, so a test can
 break something while deliveries are in flight; ``waiting`` counts the held ones.
+`ProviderHandler` keeps a quota per window and answers like a provider past it.
 
 The handler counts sessions: ``connections`` opened in all, ``active`` open now and
 ``max_active`` at most at once. `AuthHandler` adds logins (PLAIN, LOGIN, CRAM-MD5, and
@@ -27,6 +28,7 @@ import hmac
 import re
 import secrets
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +141,33 @@ class Handler:
                 self.arrived.clear()
                 await self.arrived.wait()
         return self.messages
+
+
+@dataclass
+class ProviderHandler(Handler):
+    """An upstream that keeps a quota like a provider's free tier: at most ``maximum``
+    messages per window of ``period_ms`` (aligned to the epoch, as podpost's scaled
+    windows are); past it DATA is answered ``quota_reply`` (Gmail's words by default).
+    ``refuse_all`` answers every DATA so, as an account whose quota is already spent.
+    ``windows`` counts the accepted messages per window start; ``refused`` the others."""
+
+    maximum: int = 1_000_000
+    period_ms: int = 86_400_000
+    quota_reply: str = "550 5.4.5 Daily user sending quota exceeded"
+    refuse_all: bool = False
+    windows: dict[int, int] = field(default_factory=dict)
+    refused: int = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        now_ms = time.time_ns() // 1_000_000
+        start = now_ms - now_ms % self.period_ms
+        if self.refuse_all or self.windows.get(start, 0) >= self.maximum:
+            self.refused += 1
+            return self.quota_reply
+        reply = await super().handle_DATA(server, session, envelope)
+        if reply.startswith("250"):
+            self.windows[start] = self.windows.get(start, 0) + 1
+        return reply
 
 
 @dataclass

@@ -8,7 +8,8 @@ logins, and only the reconciler can change what policy and credentials say:
   the ROUTES bucket.
 - ``dispatcher``: consume MAIL, publish dead letters, caught mail and events, read POLICY
   and CREDENTIALS, read and write its own ATTEMPTS and RATES buckets, read and delete bodies,
-  watch (never write) the operator's CONTROL bucket.
+  watch the operator's CONTROL bucket and write only its ``suspend.*`` keys (a reply
+  rule suspends an upstream for every replica; holds and moves stay the operator's).
 - ``reconciler``: owns the bus layout (the only role that may create or update streams and
   buckets) and is the only writer of POLICY, ROUTES and CREDENTIALS.
 - ``admin``: everything; for the operator's commands (``dlq``, ``queue``, ``trace``,
@@ -125,6 +126,11 @@ def _kv_read(bucket: str) -> list[str]:
     return _get(names.kv_stream(bucket))
 
 
+def _kv_key_write(bucket: str, prefix: str) -> str:
+    """Put and delete of the keys starting with ``prefix`` (``suspend.``) only."""
+    return f"$KV.{bucket}.{prefix}>"
+
+
 def _kv_write(bucket: str) -> list[str]:
     """Put, delete and purge are all publishes to ``$KV.<bucket>.<key>``."""
     return [names.kv_filter(bucket)]
@@ -209,10 +215,12 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
                 # the sweep: MAIL read by sequence, DEAD and CAUGHT scanned for body refs
                 *_get(bus.mail_stream), *_consume(bus.dead_stream),
                 *_consume(bus.caught_stream),
+                _kv_key_write(bus.control_bucket, names.SUSPEND),
             ]),
             subscribe_allow=(inbox,),
             publish_deny=_dedupe([*_kv_write(credentials), *_kv_write(policy),
-                                  *_kv_write(bus.control_bucket),
+                                  _kv_key_write(bus.control_bucket, names.HOLD),
+                                  _kv_key_write(bus.control_bucket, names.MOVING),
                                   *_manage(bus.owned_streams)]),
         )
     if role == "reconciler":

@@ -208,6 +208,22 @@ def _rate(rate: statusreport.RateUsage | None) -> str:
     return f"{used}/{rate.maximum} per {durations.format_seconds(rate.period_s)}"
 
 
+_PERIOD_WORD = {"minute": "this minute", "hour": "this hour", "day": "today",
+                "month": "this month"}
+
+
+def _quotas(quotas: Sequence[statusreport.QuotaUsage]) -> str:
+    """``112/300 today``; with several logins, each one's, named."""
+    logins = {q.credentials for q in quotas}
+    parts = []
+    for q in quotas:
+        used = NONE if q.used is None else str(q.used)
+        unit = "" if q.count == "messages" else " rcpts"
+        who = f"{q.credentials or '(no login)'}: " if len(logins) > 1 else ""
+        parts.append(f"{who}{used}/{q.maximum}{unit} {_PERIOD_WORD.get(q.period, q.period)}")
+    return ", ".join(parts)
+
+
 def status(report: statusreport.StatusReport) -> Table:
     """One line per upstream, its policies indented underneath."""
     snap = report.snapshot
@@ -221,7 +237,7 @@ def status(report: statusreport.StatusReport) -> Table:
     table.add_column("upstream / policy", overflow="fold")
     for name in ("queued", "in flight", "deferred", "dead"):
         table.add_column(name, justify="right")
-    table.add_column("rate limit", justify="right")
+    table.add_column("rate limit / quota", justify="right")
     table.add_column("oldest", justify="right")
     for up in report.upstreams:
         label = Text(up.upstream, style="bold")
@@ -231,7 +247,7 @@ def status(report: statusreport.StatusReport) -> Table:
             until = f" until {when(up.suspended_until)}" if up.suspended_until else ""
             label.append(f" (suspended{until})", style="red")
         table.add_row(label, str(up.queued), str(up.in_flight), str(up.deferred),
-                      str(up.dead), "",
+                      str(up.dead), _quotas(up.quotas),
                       NONE if up.oldest_age_s is None else _short(up.oldest_age_s))
         for pol in up.policies:
             table.add_row(

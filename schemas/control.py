@@ -24,6 +24,9 @@ class Suspension(msgspec.Struct, frozen=True, kw_only=True):
     until: datetime | None = None
     """When the suspension ends by itself; None: until ``queue resume``."""
     reason: str = ""
+    by: str = "operator"
+    """Who wrote it: ``operator`` (``podpost queue suspend``) or ``dispatcher`` (a reply
+    rule's ``suspend``, or ``wait`` on a server without quotas)."""
 
 
 class Hold(msgspec.Struct, frozen=True, kw_only=True):

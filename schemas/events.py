@@ -99,12 +99,15 @@ class Resumed(Event, frozen=True, tag="resumed", kw_only=True):
 
 class Moved(Event, frozen=True, tag="moved", kw_only=True):
     """A queued mail was copied to ``to_upstream`` and the original removed: ``queue
-    move``, or ``queue retry`` (``retry``: the same upstream, due now)."""
+    move``, or ``queue retry`` (``retry``: the same upstream, due now), or a dispatcher's
+    failover (``reason``)."""
 
     from_seq: int = 0
     to_seq: int = 0
     to_upstream: str = ""
     retry: bool = False
+    reason: str = ""
+    """Set by a dispatcher's failover (``failover: ...``); empty for an operator's move."""
 
 
 class Removed(Event, frozen=True, tag="removed", kw_only=True):

@@ -66,6 +66,12 @@ def attempts_key(envelope: Envelope) -> str:
     return key
 
 
+def failover_msg_id(mail_id: str, to_upstream: str) -> str:
+    """``Nats-Msg-Id`` of a mail's copy on the upstream it fails over to: storing it again
+    after a crash (within the duplicate window) stores it once."""
+    return f"{mail_id}.failover.{names.key_ident(to_upstream)}"
+
+
 def replay_msg_id(mail_id: str, dead_seq: int) -> str:
     """``Nats-Msg-Id`` of a dead letter's replay: replaying one dead letter twice (within
     the MAIL stream's duplicate window) queues it once."""
@@ -103,6 +109,11 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     dead: list[str] = []
     """The recipients of ``done`` that were dead-lettered: while there are any, the body
     object is kept for their replay."""
+    moved_to: str = ""
+    """The upstream the dispatcher failed this mail over to, and ``moved_seq`` the MAIL
+    sequence of the original it moved: that original, if redelivered, stores the copy
+    again (same dedupe id) and is removed, never sent."""
+    moved_seq: int = 0
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

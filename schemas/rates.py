@@ -72,3 +72,45 @@ def current(windows: list[RateWindow], now_ms: int) -> dict[str, RateWindow]:
             if seen is None or window.start_ms > seen.start_ms:
                 out[window.policy] = window
     return out
+
+
+# --- provider quotas ----------------------------------------------------------------------
+
+QUOTA = "quota."
+"""The key prefix of quota windows in the RATES bucket: ``quota.<upstream token>.<account
+id>.<period>.<window start ms>`` (six tokens, so never a policy window's three)."""
+
+
+class QuotaWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """How much of a provider account's quota one calendar window has used: the
+    account is ``upstream`` with the login ``credentials`` (a CREDENTIALS key, "" for
+    none). Written by dispatchers with compare-and-swap, read by ``podpost status``."""
+
+    upstream: str
+    credentials: str = ""
+    account: str
+    """`dispatcher.rules.quotas.account` of (upstream, credentials)."""
+    period: str
+    count: str = "messages"
+    start_ms: int
+    end_ms: int
+    maximum: int
+    used: int = 0
+    """Messages or recipients taken in this window, refunds deducted."""
+
+
+quota_encoder = msgspec.json.Encoder()
+quota_decoder = msgspec.json.Decoder(QuotaWindow)
+
+
+def quota_key(upstream: str, account: str, period: str, start_ms: int) -> str:
+    return f"{QUOTA}{names.key_token(upstream)}.{account}.{period}.{start_ms}"
+
+
+def current_quotas(windows: list[QuotaWindow], now_ms: int) -> list[QuotaWindow]:
+    """The stored windows that hold ``now_ms``, one per (account, period), sorted."""
+    out: dict[tuple[str, str], QuotaWindow] = {}
+    for w in windows:
+        if w.start_ms <= now_ms < w.end_ms:
+            out[(w.account, w.period)] = w
+    return sorted(out.values(), key=lambda w: (w.upstream, w.credentials, w.period))

@@ -50,6 +50,44 @@ class CASource(_Spec, frozen=True, kw_only=True):
 
 
 
+class Quota(_Spec, frozen=True, kw_only=True):
+    """podpost: a provider quota, e.g. 300 messages a day (Brevo's free tier) or 3,000
+    recipients a month (Resend's)."""
+
+    maximum: Annotated[int, Meta(ge=0, description="Messages (or recipients) allowed per "
+                                 "period for the account.")]
+    period: Annotated[
+        Literal["minute", "hour", "day", "month"],
+        Meta(description="A calendar window: a day starts at midnight, a month on its "
+             "first day, in timeZone (UTC when unset)."),
+    ]
+    count: Annotated[
+        Literal["messages", "recipients"],
+        Meta(description="What one mail costs: 1, or its number of recipients."),
+    ] = "messages"
+    time_zone: (
+        Annotated[str, Meta(min_length=1, description="An IANA time zone such as "
+                            "America/New_York, where the provider's day starts.")]
+        | None
+    ) = None
+
+
+class ReplyRule(_Spec, frozen=True, kw_only=True):
+    """podpost: one reply rule: a regular expression searched in ``<code> <enhanced code>
+    <text>`` of a reply (e.g. ``550 5.4.5 Daily user sending quota exceeded``)."""
+
+    match: Annotated[str, Meta(min_length=1, description="A Python regular expression, "
+                               "searched case-insensitively.")]
+    action: Annotated[
+        Literal["retry", "wait", "suspend", "dead"],
+        Meta(description="retry: temporary, retried after the backoff (even a 5xx); "
+             "wait: the account's quota is used up, the mail waits for its next window "
+             "(no attempt counted); suspend: no replica sends to this server for `for`; "
+             "dead: permanent, dead-lettered (even a 4xx)."),
+    ]
+    for_: Duration | None = msgspec.field(default=None, name="for")
+
+
 class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
     server: Annotated[str, Meta(min_length=1, description="Host name or address of the upstream.")]
     port: Annotated[int, Meta(ge=1, le=65535, description="TCP port; 587 by default.")] = 587
@@ -88,6 +126,19 @@ class SMTPServerSpec(_Spec, frozen=True, kw_only=True):
         | None
     ) = None
     tls_ca: CASource | None = msgspec.field(default=None, name="tlsCA")
+    quotas: Annotated[
+        list[Quota],
+        Meta(description="podpost: the provider account's quotas (this server with one "
+             "policy's credentials), counted across every policy and dispatcher replica "
+             "that sends through it; over quota, mail waits in the queue for the next "
+             "window."),
+    ] = []
+    reply_rules: Annotated[
+        list[ReplyRule],
+        Meta(description="podpost: what a reply of this server means, tried in order "
+             "before the built-in presets and the generic 4xx/5xx rule; the first rule "
+             "whose match finds the reply decides."),
+    ] = []
 
 
 def connect_mode(spec: SMTPServerSpec) -> Literal["plain", "ssl", "starttls"]:
@@ -116,9 +167,9 @@ class LabelSelector(_Spec, frozen=True, kw_only=True):
 class RateLimiting(_Spec, frozen=True, kw_only=True):
     maximum: Annotated[int, Meta(ge=0, description="Messages allowed per period, per policy.")]
     period: Annotated[
-        Literal["hour", "minute"],
+        Literal["hour", "minute", "day"],
         Meta(description="The window the maximum applies to; minute when unset, as in "
-             "kube-mail."),
+             "kube-mail (day is a podpost addition)."),
     ] = "minute"
 
 
@@ -127,9 +178,24 @@ class ObjectRef(_Spec, frozen=True, kw_only=True):
     namespace: str | None = None
 
 
+class Fallback(_Spec, frozen=True, kw_only=True):
+    """podpost: a second upstream for a policy's mail, with its own login."""
+
+    server: ObjectRef
+    credentials: ObjectRef | None = None
+
+
 class SMTPSink(_Spec, frozen=True, kw_only=True):
     server: ObjectRef
     credentials: ObjectRef | None = None
+    # podpost additions
+    fallbacks: Annotated[
+        list[Fallback],
+        Meta(description="podpost: servers to fail over to, in order: mail moves to the "
+             "next one while the current one is suspended, over its quota, or has failed "
+             "transiently for longer than failoverAfter; new mail goes to `server` first."),
+    ] = []
+    failover_after: Duration = "10m"
 
 
 class CatcherSink(_Spec, frozen=True, kw_only=True):

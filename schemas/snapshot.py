@@ -41,6 +41,13 @@ class RateLimit(msgspec.Struct, frozen=True, kw_only=True):
     period_s: float
 
 
+class Fallback(msgspec.Struct, frozen=True, kw_only=True):
+    """A policy's fallback upstream and the CREDENTIALS key of its login."""
+
+    upstream: str
+    credentials: str | None = None
+
+
 class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     """``<namespace>/<name>`` of the EmailPolicy."""
@@ -58,6 +65,33 @@ class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
     """The policy's client logins may be used before TLS."""
     rewrite_sender: str | None = None
     """The provider's verified address that replaces the envelope sender and ``From:``."""
+    fallbacks: list[Fallback] = []
+    """Upstreams to fail over to, in order (`dispatcher.rules.failover`)."""
+    failover_after_s: float = 600.0
+    """How long an upstream fails transiently before its mail moves to the next one."""
+
+
+QuotaPeriod = Literal["minute", "hour", "day", "month"]
+ReplyAction = Literal["retry", "wait", "suspend", "dead"]
+
+
+class Quota(msgspec.Struct, frozen=True, kw_only=True):
+    """A provider account's quota (`resources.Quota`): ``maximum`` messages or recipients
+    per calendar ``period`` in ``time_zone`` (None: UTC)."""
+
+    maximum: int
+    period: QuotaPeriod
+    count: Literal["messages", "recipients"] = "messages"
+    time_zone: str | None = None
+
+
+class ReplyRule(msgspec.Struct, frozen=True, kw_only=True):
+    """A server's reply rule (`resources.ReplyRule`); the regex was compiled once by the
+    reconciler, so it is valid."""
+
+    match: str
+    action: ReplyAction
+    for_s: float | None = None
 
 
 class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +105,10 @@ class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
     tls_ca: str | None = None
     """CREDENTIALS bucket key of the CA bundle (`TrustedCA`) to trust besides the system's;
     named by the bundle's hash, so a changed bundle is a changed snapshot."""
+    quotas: list[Quota] = []
+    """Per provider account: this upstream with one policy's credentials."""
+    reply_rules: list[ReplyRule] = []
+    """Tried in order before the presets (`dispatcher.rules.replyrules`)."""
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True, gc=False):

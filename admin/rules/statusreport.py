@@ -12,7 +12,7 @@ from datetime import datetime
 
 import msgspec
 
-from schemas import control, mail, names, snapshot
+from schemas import control, mail, names, rates, snapshot
 
 
 class RateUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -22,6 +22,17 @@ class RateUsage(msgspec.Struct, frozen=True, kw_only=True):
 
     maximum: int
     period_s: float
+    used: int | None = None
+
+
+class QuotaUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """One quota of one provider account (the upstream with ``credentials``): ``used``
+    of ``maximum`` in the current calendar window; None when RATES could not be read."""
+
+    credentials: str = ""
+    period: str
+    count: str = "messages"
+    maximum: int
     used: int | None = None
 
 
@@ -56,6 +67,8 @@ class UpstreamStatus(msgspec.Struct, frozen=True, kw_only=True):
     oldest_at: datetime | None = None
     """When the first mail in its line was received (None: nothing queued)."""
     oldest_age_s: float | None = None
+    quotas: list[QuotaUsage] = []
+    """Per account of this upstream, per quota: the use of the current window."""
 
 
 class SnapshotStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,6 +120,7 @@ def status_report(
     snap: snapshot.PolicySnapshot | None,
     revision: int,
     rate_used: Mapping[str, int] | None = None,
+    quota_windows: Sequence[rates.QuotaWindow] | None = None,
 ) -> StatusReport:
     """Fold the raw counts into one row per upstream with one row per policy underneath.
     ``rate_used``: messages sent per policy in its current rate-limit window (a policy
@@ -168,6 +182,7 @@ def status_report(
             dead=upstream_dead.get(upstream, 0),
             known=snap is None or upstream in known or upstream == names.CATCHER,
             policies=policies,
+            quotas=_quotas(snap, upstream, quota_windows),
         ))
     return StatusReport(
         at=now,
@@ -185,6 +200,22 @@ def _rate(snap: snapshot.PolicySnapshot | None, policy: str,
         return None
     return RateUsage(maximum=view.ratelimit.maximum, period_s=view.ratelimit.period_s,
                      used=None if rate_used is None else rate_used.get(policy, 0))
+
+
+def _quotas(snap: snapshot.PolicySnapshot | None, upstream: str,
+            windows: Sequence[rates.QuotaWindow] | None) -> list[QuotaUsage]:
+    """The quotas of every account of ``upstream``: one per login its policies use (a
+    window with no key yet has used nothing)."""
+    view = snap.upstreams.get(upstream) if snap is not None else None
+    if snap is None or view is None or not view.quotas:
+        return []
+    logins = sorted({p.credentials or "" for p in snap.policies.values()
+                     if p.upstream == upstream}) or [""]
+    used: dict[tuple[str, str], int] = {} if windows is None else {
+        (w.credentials, w.period): w.used for w in windows if w.upstream == upstream}
+    return [QuotaUsage(credentials=login, period=q.period, count=q.count, maximum=q.maximum,
+                       used=None if windows is None else used.get((login, q.period), 0))
+            for login in logins for q in view.quotas]
 
 
 def with_queue(report: StatusReport, suspensions: Sequence[control.Suspension],

@@ -13,6 +13,11 @@ from an `outcome.Outcome` (exceptions already turned into data by the sending la
 - a mail that cannot be read back (``body``): dead, fate ``invalid``;
 - a transient failure of a mail older than the max queue age: dead, fate ``expired``.
 
+Before the generic rule, the upstream's reply rules and the presets (`replyrules`) may
+decide: ``retry`` or ``dead`` whatever the code, ``wait`` (the account's quota is full)
+and ``suspend`` (the upstream is suspended) retry the recipients without ever expiring
+them and tell the shell what to do besides (`Decision.steer`).
+
 Recipients are judged one by one and grouped by their fate and reply, so accepted,
 permanently refused and temporarily refused recipients each get their own fate and none is
 sent twice on purpose. Sync, no clock: ``age_s`` is computed by the caller.
@@ -25,7 +30,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from dispatcher.rules import backoff
+from dispatcher.rules import backoff, replyrules
 from dispatcher.rules import outcome as outcome_mod
 from schemas import snapshot
 
@@ -58,10 +63,23 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     """Set when ``fate`` is RETRY: seconds until the next attempt."""
 
 
+class Steer(msgspec.Struct, frozen=True, kw_only=True):
+    """What a reply rule asks of the shell besides the recipients' fates."""
+
+    action: snapshot.ReplyAction
+    """``wait``: mark the account's quota windows full (or, without quotas, suspend);
+    ``suspend``: suspend the upstream."""
+    for_s: float
+    reply: str
+    """The reply that matched, ``<code> <text>``: the suspension's reason."""
+
+
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     """The number of the attempt judged (1 for the first); 0 when nothing was tried."""
     verdicts: list[Verdict]
+    steer: Steer | None = None
+    """Set when a ``wait`` or ``suspend`` reply rule matched."""
 
     def of(self, fate: Fate) -> list[Verdict]:
         return [v for v in self.verdicts if v.fate is fate]
@@ -89,9 +107,15 @@ class _Judged(msgspec.Struct, frozen=True):
 
 
 def _judge(code: int | None, reply: str, failure: outcome_mod.Failure | None,
-           *, age_s: float, policy: snapshot.RetryPolicy) -> _Judged:
+           *, age_s: float, policy: snapshot.RetryPolicy,
+           rules: Sequence[replyrules.Rule] = ()) -> _Judged:
     if failure == "body":
         return _Judged(Fate.DEAD, DeadFate.INVALID, code, reply, "the mail cannot be read back")
+    rule = replyrules.first(rules, code, reply) if rules else None
+    if rule is not None:
+        judged = _by_rule(rule, code, reply, age_s=age_s, policy=policy)
+        if judged is not None:
+            return judged
     if code is not None and 500 <= code < 600 and failure != "auth":
         stage = f"{failure} " if failure else ""
         return _Judged(Fate.DEAD, DeadFate.PERMANENT, code, reply, f"{stage}refused with {code}")
@@ -108,9 +132,38 @@ def _judge(code: int | None, reply: str, failure: outcome_mod.Failure | None,
     return _Judged(Fate.RETRY, None, code, reply, why)
 
 
+def _by_rule(rule: replyrules.Rule, code: int | None, reply: str, *, age_s: float,
+             policy: snapshot.RetryPolicy) -> _Judged | None:
+    """A matched rule's judgement; None leaves it to the generic rule (``retry`` of a
+    reply that is transient anyway)."""
+    why = f"reply rule ({rule.source}): {rule.action}"
+    if rule.action == "dead":
+        return _Judged(Fate.DEAD, DeadFate.PERMANENT, code, reply, why)
+    if rule.action in ("wait", "suspend"):
+        return _Judged(Fate.RETRY, None, code, reply, why)
+    if code is not None and 400 <= code < 500:
+        return None
+    if backoff.expired(age_s, policy):
+        return _Judged(Fate.DEAD, DeadFate.EXPIRED, code, reply,
+                       f"{why}, older than the max queue age {policy.max_age_s:g}s")
+    return _Judged(Fate.RETRY, None, code, reply, why)
+
+
+def _steer(result: outcome_mod.Outcome, rules: Sequence[replyrules.Rule]) -> Steer | None:
+    """The first ``wait`` or ``suspend`` rule matched by the session's reply or by a
+    recipient's."""
+    replies = [(result.code, result.reply)] + [(r.code, r.reply) for r in result.rcpts]
+    for code, reply in replies:
+        rule = replyrules.first(rules, code, reply)
+        if rule is not None and rule.action in ("wait", "suspend"):
+            return Steer(action=rule.action, for_s=rule.duration_s,
+                         reply=replyrules.reply_text(code, reply))
+    return None
+
+
 def classify(
     result: outcome_mod.Outcome, rcpts: Sequence[str], *, attempt: int, age_s: float,
-    policy: snapshot.RetryPolicy,
+    policy: snapshot.RetryPolicy, rules: Sequence[replyrules.Rule] = (),
 ) -> Decision:
     """Judge each of ``rcpts`` (the recipients this attempt was for) by ``result``.
 
@@ -124,17 +177,19 @@ def classify(
     for rcpt in rcpts:
         mine = own.get(rcpt) or own_folded.get(rcpt.lower())
         if mine is not None and not (result.failure and 200 <= mine.code < 300):
-            judged = _judge(mine.code, mine.reply, None, age_s=age_s, policy=policy)
+            judged = _judge(mine.code, mine.reply, None, age_s=age_s, policy=policy,
+                            rules=rules)
         else:
             judged = _judge(result.code, result.reply, result.failure, age_s=age_s,
-                            policy=policy)
+                            policy=policy, rules=rules)
         groups.setdefault(judged, []).append(rcpt)
     verdicts = [
         Verdict(fate=j.fate, rcpts=group, dead_fate=j.dead_fate, code=j.code, reply=j.reply,
                 reason=j.reason, delay_s=delay if j.fate is Fate.RETRY else 0.0)
         for j, group in groups.items()
     ]
-    return Decision(attempt=attempt, verdicts=verdicts)
+    steer = _steer(result, rules) if rules else None
+    return Decision(attempt=attempt, verdicts=verdicts, steer=steer)
 
 
 def hold(

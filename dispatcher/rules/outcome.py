@@ -10,11 +10,12 @@ from typing import Literal
 
 import msgspec
 
-Failure = Literal["connect", "tls", "auth", "timeout", "protocol", "body"]
+Failure = Literal["connect", "tls", "auth", "timeout", "protocol", "body", "busy"]
 """Why a session failed before the upstream gave a verdict on the recipients:
 ``connect`` refused/unreachable/dropped, ``tls`` handshake or certificate, ``auth``
 login refused (its code says whether for good), ``timeout`` a command's deadline,
-``protocol`` an unexpected reply, ``body`` the mail could not be read back."""
+``protocol`` an unexpected reply, ``body`` the mail could not be read back, ``busy`` no
+connection could be had under the installation's cap (nothing was sent: a wait)."""
 
 
 class RcptResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,11 +37,11 @@ from typing import TypeVar
 
 import msgspec
 
-from reconciler.rules import credentials, matching
+from reconciler.rules import credentials, matching, providers
 from reconciler.rules import inputs as inputs_mod
 from schemas import durations, names, resources, snapshot
 
-PERIOD_S = {"minute": 60.0, "hour": 3600.0}
+PERIOD_S = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 MAX_CONFLICT_ENDPOINTS = 5
 """A Conflict message names at most this many endpoints, then says how many more."""
 
@@ -96,6 +96,8 @@ def upstream_view(
         max_connections=spec.max_connections,
         timeout_s=spec.timeout_seconds,
         tls_ca=tls_ca,
+        quotas=[providers.quota(i, q) for i, q in enumerate(spec.quotas)],
+        reply_rules=[providers.reply_rule(i, r) for i, r in enumerate(spec.reply_rules)],
     )
 
 
@@ -129,6 +131,7 @@ class Resolved(msgspec.Struct, frozen=True, kw_only=True):
     login: tuple[str, snapshot.Credentials] | None
     client_logins: dict[str, snapshot.ClientLogin] = {}
     """The policy's clientCredentials by username, as verifiers."""
+    fallback_logins: list[tuple[str, snapshot.Credentials]] = []
 
 
 def resolve(
@@ -152,8 +155,11 @@ def resolve(
                               f"{broken[upstream].message}")
         if smtp.credentials is not None:
             login = credentials.policy_login(policy, smtp.credentials, secrets)
+        fallbacks, fallback_logins = providers.fallbacks(policy, smtp, servers, secrets, broken)
+        failover_after_s = durations.parse(smtp.failover_after)
     else:
         upstream = names.CATCHER
+        fallbacks, fallback_logins, failover_after_s = [], [], 600.0
     try:
         selector = matching.compile_selector(spec.pod_selector)
     except matching.InvalidSelector as exc:
@@ -171,6 +177,8 @@ def resolve(
         require_tls=spec.require_tls,
         allow_plaintext_auth=spec.allow_plaintext_auth,
         rewrite_sender=spec.rewrite_sender,
+        fallbacks=fallbacks,
+        failover_after_s=failover_after_s,
     )
     client_logins: dict[str, snapshot.ClientLogin] = {}
     for ref in spec.client_credentials:
@@ -180,7 +188,7 @@ def resolve(
             policy=key, salt=salt, iterations=snapshot.LOGIN_ITERATIONS,
             verifier=snapshot.login_verifier(creds.password, salt, snapshot.LOGIN_ITERATIONS))
     return Resolved(view=view, selector=selector, default=spec.default, login=login,
-                    client_logins=client_logins)
+                    client_logins=client_logins, fallback_logins=fallback_logins)
 
 
 # --- matching endpoints to policies -------------------------------------------------------
@@ -317,12 +325,13 @@ def resolve_upstreams(
     for key, server in servers.items():
         try:
             ca = credentials.server_ca(server, secrets, config_maps)
+            view = upstream_view(server, None if ca is None else ca[0])
         except _Unresolved as exc:
             broken[key] = exc
             continue
         if ca is not None:
             cas[ca[0]] = ca[1]
-        upstreams[key] = upstream_view(server, None if ca is None else ca[0])
+        upstreams[key] = view
     return upstreams, cas, broken
 
 
@@ -416,6 +425,7 @@ def build(inputs: inputs_mod.Inputs, *, now: datetime, source: str) -> Build:
         client_logins.update(item.client_logins)
         if item.login is not None:
             logins[item.login[0]] = item.login[1]
+        logins.update(item.fallback_logins)
 
     endpoints = sorted(inputs.endpoints, key=lambda e: e.source)
     routes, conflicts = _route(resolved, endpoints)

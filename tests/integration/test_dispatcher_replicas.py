@@ -35,17 +35,17 @@ async def test_two_dispatchers_share_the_work_without_duplicates(
     conn: bus.Conn, nats_settings: settings.NatsSettings
 ) -> None:
     """Two dispatcher processes on one stream each deliver part of the queue over their
-    own connection, and every mail arrives exactly once."""
+    own connection (the per-replica default cap of 1: the server sets no cap of its own,
+    which would hold for both together), and every mail arrives exactly once."""
     handler = _Peers()
     up = await upstream_mod.start(handler)
     try:
         policy = d.policy_view("apps/web", "mail/up")
-        await d.publish_snapshot(
-            conn, [policy], [d.upstream_view("mail/up", up, max_connections=1)])
+        await d.publish_snapshot(conn, [policy], [d.upstream_view("mail/up", up)])
         envs = [d.envelope(policy, [f"user{i}@example.org"]) for i in range(30)]
         for env in envs:
             await d.queue(conn, env)
-        cfg = d.config(nats_settings, batch=5)
+        cfg = d.config(nats_settings, batch=5, max_connections=1)
         async with d.dispatcher(cfg), d.dispatcher(cfg):
             await handler.wait_for(len(envs))
             await d.eventually(lambda: d.drained(conn))

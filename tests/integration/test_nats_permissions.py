@@ -202,12 +202,12 @@ async def test_dispatcher_reads_credentials_but_cannot_write_policy_or_credentia
         await owner.nc.close()
 
 
-async def test_the_admin_steers_the_queue_and_dispatchers_only_watch_it(
+async def test_the_admin_steers_the_queue_and_dispatchers_only_suspend(
     secured: Secured,
 ) -> None:
     """The operator (admin) writes the CONTROL bucket; a dispatcher reads and watches it
-    (the change arrives) but writing or deleting an entry is refused, as it is for the
-    ingress."""
+    (the change arrives) and may write and delete suspensions (a reply rule's), but
+    writing a hold or a move is refused, and the ingress may write nothing."""
     owner = await _owner_setup(secured)
     ctl = BUS.control_bucket
     key = names.suspend_key("mail/relay")
@@ -222,8 +222,12 @@ async def test_the_admin_steers_the_queue_and_dispatchers_only_watch_it(
             assert (entry.key, entry.value) == (key, b'{"upstream": "mail/relay"}')
             await watcher.stop()
             assert (await kv.get(key)).value == entry.value
-            await disp.refused(lambda: kv.put(key, b"{}"), f'Publish to "$KV.{ctl}.{key}"')
-            await disp.refused(lambda: kv.delete(key), f'Publish to "$KV.{ctl}.{key}"')
+            await kv.put(key, b"{}")
+            assert (await kv.get(key)).value == b"{}"
+            await kv.delete(key)
+            for other in (names.hold_key("m1"), names.moving_key(7)):
+                await disp.refused(lambda k=other: kv.put(k, b"{}"),
+                                   f'Publish to "$KV.{ctl}.{other}"')
         async with raw(secured, "ingress") as ing:
             await ing.refused(lambda: _put(ing, ctl), f'Publish to "$KV.{ctl}.k"')
     finally:

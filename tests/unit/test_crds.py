@@ -205,7 +205,18 @@ SINK = {"smtp": {"server": {"name": "s"}}}
         ({**POLICY, "spec": {"sink": {"smtp": {}}}}, False),
         ({**POLICY, "spec": {"sink": SINK, "ratelimiting": {"period": "hour"}}}, False),
         ({**POLICY, "spec": {"sink": SINK, "ratelimiting": {"maximum": 1, "period": "day"}}},
+         True),
+        ({**POLICY, "spec": {"sink": SINK, "ratelimiting": {"maximum": 1, "period": "week"}}},
          False),
+        ({**SERVER, "spec": {"server": "smtp", "quotas": [
+            {"maximum": 300, "period": "day", "count": "recipients",
+             "timeZone": "Europe/Paris"}],
+            "replyRules": [{"match": "5\\.4\\.5", "action": "suspend", "for": "2h"}]}},
+         True),
+        ({**SERVER, "spec": {"server": "smtp", "quotas": [
+            {"maximum": 300, "period": "week"}]}}, False),
+        ({**SERVER, "spec": {"server": "smtp", "replyRules": [
+            {"match": "x", "action": "bounce"}]}}, False),
         ({**POLICY, "spec": {"sink": SINK, "retry": {"maxQueueAge": "two days"}}}, False),
         ({**POLICY, "spec": {"sink": SINK, "podSelector": {"matchExpressions": [
             {"key": "a", "operator": "Like"}]}}}, False),
