@@ -83,9 +83,27 @@ class Backlog:
         default_factory=lambda: collections.deque(maxlen=BACKLOG_MAX))
     unconfirmed: collections.OrderedDict[int, None] = field(
         default_factory=collections.OrderedDict)
+    settled: collections.OrderedDict[int, tuple[str, mail.AttemptRecord]] = field(
+        default_factory=collections.OrderedDict)
+    """The newest MAIL stream sequences this process settled (every recipient delivered
+    or dead), with the mail id and the finished record. A nats-server killed before it
+    wrote the ack down hands such a message out again as a first delivery, and the record
+    in the bucket may be gone (cleaned up after a confirmed ack) or never written (the
+    broker was away): this copy still says nothing is left to send."""
 
     def was_unconfirmed(self, seq: int) -> bool:
         return seq in self.unconfirmed
+
+    def remember_settled(self, seq: int, mail_id: str, record: mail.AttemptRecord) -> None:
+        self.settled[seq] = (mail_id, record)
+        self.settled.move_to_end(seq)
+        while len(self.settled) > UNCONFIRMED_KEPT:
+            self.settled.popitem(last=False)
+
+    def settled_record(self, seq: int, mail_id: str) -> mail.AttemptRecord | None:
+        """The finished record of ``seq`` if this process settled it as ``mail_id``."""
+        known = self.settled.get(seq)
+        return known[1] if known is not None and known[0] == mail_id else None
 
     def add(self, cleanup: Cleanup) -> None:
         if len(self.items) == self.items.maxlen:
@@ -124,18 +142,21 @@ async def read(stores: Stores, msg: holding.Held, env: mail.Envelope
     one: the message was delivered before, it is a replay (which has its own record) or an
     operator's copy (``moved_from``: queue retry/move, the record of the original), or this
     process settled it with an unconfirmed ack (a restarted broker may hand it out again as
-    a first delivery, having lost its consumer state). A record that does not decode
+    a first delivery, having lost its consumer state). A sequence this process settled
+    (`Backlog.settled`) whose record is not in the bucket gets the record it finished
+    with, so nothing is sent again. A record that does not decode
     counts as stored (it must be deleted at the end)."""
+    here = stores.backlog.settled_record(msg.seq, env.id)
     if (env.replay_of is None and env.moved_from is None and msg.metadata.num_delivered <= 1
-            and not stores.backlog.was_unconfirmed(msg.seq)):
+            and not stores.backlog.was_unconfirmed(msg.seq) and here is None):
         return mail.AttemptRecord(), False
     try:
         async with asyncio.timeout(stores.conn.deadlines.kv_s):
             entry = await stores.attempts.get(mail.attempts_key(env))
     except nats.js.errors.KeyNotFoundError:
-        return mail.AttemptRecord(), False
+        return (here, False) if here is not None else (mail.AttemptRecord(), False)
     if entry.value is None:
-        return mail.AttemptRecord(), False
+        return (here, False) if here is not None else (mail.AttemptRecord(), False)
     try:
         return mail.attempt_decoder.decode(entry.value), True
     except msgspec.DecodeError:

@@ -268,6 +268,9 @@ async def _finish(
 ) -> None:
     """Every recipient is settled: ack, and only once the ack is confirmed clean up."""
     body = None if record.dead else item.envelope.body_ref
+    # Remembered before the ack: a broker killed after confirming the ack but before
+    # writing it down hands the message out again as new (tests/e2e/test_crash_held.py).
+    stores.backlog.remember_settled(item.msg.seq, item.envelope.id, record)
     try:
         applied = await _ack_applied(stores, item.msg)
     except bus.TRANSIENT as exc:
