@@ -141,13 +141,23 @@ class Leases:
         loop = asyncio.get_running_loop()
         next_renewal = loop.time() + period
         while not stop.is_set():
+            # Wait for a released slot, the next renewal or the stop, whichever is first:
+            # a stop must not wait out the renewal period (it held every stop 10 s).
+            released = asyncio.ensure_future(self._released.get())
+            stopped = asyncio.ensure_future(stop.wait())
             try:
-                async with asyncio.timeout(max(0.0, next_renewal - loop.time())):
-                    key = await self._released.get()
-                await self._delete(key)
+                await asyncio.wait({released, stopped},
+                                   timeout=max(0.0, next_renewal - loop.time()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+                if not released.done():
+                    released.cancel()
+            if released.done() and not released.cancelled():
+                await self._delete(released.result())
                 continue
-            except TimeoutError:
-                pass
+            if stop.is_set():
+                break
             await self._renew()
             next_renewal = loop.time() + period
         for key in list(self._held):
