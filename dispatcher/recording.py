@@ -14,7 +14,7 @@ keeps every mail (the replacement and the record first, the ack after).
 - A dead letter and a caught copy carry a ``Nats-Msg-Id`` derived from the mail (and the
   recipients), so a retry after a lost PubAck stores them once.
 
-- A body is removed by purging its meta and chunk subjects (`purge_body`), so no delete
+- A body is removed by purging its meta and chunk subjects (`runtime.bodystore.purge`), so no delete
   marker is left in the BODIES stream for every delivered mail.
 
 Every call has its deadline from ``conn.deadlines``; broker trouble (`bus.TRANSIENT`)
@@ -25,7 +25,6 @@ raises to the caller, except in `forget`: a cleanup that fails is logged and que
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,16 +33,11 @@ import msgspec
 import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
-from nats.js.object_store import (
-    OBJ_CHUNKS_PRE_TEMPLATE,
-    OBJ_META_PRE_TEMPLATE,
-    OBJ_STREAM_TEMPLATE,
-    ObjectStore,
-)
+from nats.js.object_store import ObjectStore
 
 from dispatcher import holding
 from dispatcher.rules import classify, ledger
-from runtime import bus
+from runtime import bodystore, bus
 from schemas import mail
 
 log = structlog.get_logger("dispatcher.recording")
@@ -232,7 +226,7 @@ async def clean(stores: Stores, cleanup: Cleanup) -> bool:
             cleanup = Cleanup(key=cleanup.key, record=False, body=cleanup.body,
                               tries=cleanup.tries)
         if cleanup.body is not None:
-            await purge_body(stores, cleanup.body)
+            await bodystore.purge(stores.conn, stores.bodies, cleanup.body)
     except bus.TRANSIENT as exc:
         log.warning("dispatcher.cleanup_failed", key=cleanup.key, tries=cleanup.tries + 1,
                     record=cleanup.record, body=cleanup.body is not None,
@@ -241,37 +235,3 @@ async def clean(stores: Stores, cleanup: Cleanup) -> bool:
                                    body=cleanup.body, tries=cleanup.tries + 1))
         return False
     return True
-
-
-def bodies_stream(stores: Stores) -> str:
-    return OBJ_STREAM_TEMPLATE.format(bucket=stores.conn.names.bodies_bucket)
-
-
-def meta_subject(stores: Stores, name: str) -> str:
-    """The subject of an object's meta message (nats-py's layout: base64url of the name)."""
-    encoded = base64.urlsafe_b64encode(name.encode()).decode()
-    return OBJ_META_PRE_TEMPLATE.format(bucket=stores.conn.names.bodies_bucket, obj=encoded)
-
-
-def chunks_subject(stores: Stores, nuid: str) -> str:
-    return OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=stores.conn.names.bodies_bucket, obj=nuid)
-
-
-async def purge_body(stores: Stores, name: str, nuid: str | None = None) -> None:
-    """Remove an object without a trace: its meta first (so no reader finds a body whose
-    chunks are going), then its chunks. ``ObjectStore.delete`` would leave a delete marker
-    per object until the store's TTL. Gone already: nothing to do."""
-    deadlines = stores.conn.deadlines
-    js = stores.conn.js
-    if nuid is None:
-        try:
-            async with asyncio.timeout(deadlines.api_s):
-                info = await stores.bodies.get_info(name, show_deleted=True)
-        except nats.js.errors.NotFoundError:
-            return
-        nuid = info.nuid
-    async with asyncio.timeout(deadlines.api_s):
-        await js.purge_stream(bodies_stream(stores), subject=meta_subject(stores, name))
-    if nuid:
-        async with asyncio.timeout(deadlines.api_s):
-            await js.purge_stream(bodies_stream(stores), subject=chunks_subject(stores, nuid))

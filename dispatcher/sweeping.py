@@ -32,7 +32,7 @@ import structlog
 
 from dispatcher import recording
 from dispatcher.rules import residue
-from runtime import bus, scanning, waiting
+from runtime import bodystore, bus, scanning, waiting
 from runtime import settings as settings_mod
 from schemas import mail, names
 
@@ -122,11 +122,9 @@ async def sweep(stores: recording.Stores, *, now: datetime, grace_s: float) -> S
         except nats.js.errors.KeyWrongLastSequenceError:
             continue  # written since it was listed: someone's again
     for body in found.bodies:
-        await recording.purge_body(stores, body.name, body.nuid)
+        await bodystore.purge(conn, stores.bodies, body.name, body.nuid)
     for chunk in found.chunks:
-        async with asyncio.timeout(conn.deadlines.api_s):
-            await conn.js.purge_stream(recording.bodies_stream(stores),
-                                       subject=recording.chunks_subject(stores, chunk.nuid))
+        await bodystore.purge_chunks(conn, chunk.nuid)
     swept = Swept(records=removed, bodies=len(found.bodies), chunks=len(found.chunks))
     log.info("dispatcher.sweep_done", records=swept.records, bodies=swept.bodies,
              chunks=swept.chunks)
@@ -170,8 +168,8 @@ async def _bodies(conn: bus.Conn) -> list[residue.Body]:
 async def _chunks(stores: recording.Stores, named: set[str]) -> list[residue.Chunks]:
     """The chunk sets no live object's meta names, with the time of their newest chunk."""
     conn = stores.conn
-    stream = recording.bodies_stream(stores)
-    prefix = recording.chunks_subject(stores, "")
+    stream = bodystore.stream(conn)
+    prefix = bodystore.chunks_subject(conn, "")
     async with asyncio.timeout(conn.deadlines.api_s):
         info = await conn.js.stream_info(stream, subjects_filter=prefix + ">")
     out: list[residue.Chunks] = []

@@ -4,8 +4,9 @@ Every role gets its own NATS user that may publish and subscribe to exactly what
 needs, so a compromised ingress (the one role every pod can talk to) cannot read upstream
 logins, and only the reconciler can change what policy and credentials say:
 
-- ``ingress``: publish mail, store big bodies, emit events, read the POLICY snapshot and
-  the ROUTES bucket.
+- ``ingress``: publish mail, store big bodies (and remove one a retry stored again after
+  its mail was delivered), emit events, read the POLICY snapshot and the ROUTES bucket,
+  read a MAIL message by sequence (is a duplicate's original still queued?).
 - ``dispatcher``: consume MAIL, publish dead letters, caught mail and events, read POLICY
   and CREDENTIALS, read and write its own ATTEMPTS and RATES buckets, read and delete bodies,
   watch the operator's CONTROL bucket and write only its ``suspend.*`` keys (a reply
@@ -189,6 +190,8 @@ def permissions(bus: names.Bus, role: str) -> Permissions:
                 *_kv_read(policy),
                 *_kv_keys(bus.routes_bucket),
                 *_obj_put(bus.bodies_bucket),
+                # is a duplicate's original still queued? (its re-stored body may go)
+                f"{API}.STREAM.MSG.GET.{bus.mail_stream}",
             ]),
             subscribe_allow=(inbox,),
             # Belt and braces: these are outside the allow list anyway.

@@ -21,7 +21,6 @@ from nats.aio.client import Client
 from ingress.rules import routing
 from loadkit import inprocess
 from loadkit import upstream as upstream_mod
-from podpost import natsconfig, natsserver
 from reconciler import main as reconciler_main
 from reconciler import publishing
 from reconciler.rules import building
@@ -29,32 +28,11 @@ from runtime import bus, policies, settings
 from schemas import events, names, snapshot
 from tests.support import dispatching as d
 from tests.support import ingress as ingress_support
+from tests.support.secured import BUS, Secured
 
-BUS = names.Bus(prefix="podpost")
 CRED_KEY = "mail__relay-login"
 DENY_WAIT_S = 0.5
 """How long a refused request waits: the server drops it, so the client times out."""
-
-
-class Secured(msgspec.Struct):
-    server: natsserver.NatsServer
-    passwords: dict[str, str]
-
-    def settings(self, role: str) -> settings.NatsSettings:
-        return settings.NatsSettings(url=self.server.url, prefix=BUS.prefix,
-                                     user=names.user_name(BUS, role),
-                                     password=self.passwords[role])
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    """A nats-server running the generated authorization block, fresh passwords per test."""
-    passwords = {role: secrets.token_urlsafe(16) for role in natsconfig.ROLES}
-    config = tmp_path / "auth.conf"
-    config.write_text(natsconfig.server_config(
-        BUS, {r: natsconfig.Literal(p) for r, p in passwords.items()}))
-    async with natsserver.running(tmp_path / "nats", config_file=config) as server:
-        yield Secured(server=server, passwords=passwords)
 
 
 class Raw(msgspec.Struct):

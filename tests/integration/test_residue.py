@@ -15,7 +15,7 @@ import nats.js.errors
 from dispatcher import recording, sweeping
 from loadkit import upstream as upstream_mod
 from podpost import natsserver
-from runtime import bus, settings
+from runtime import bodystore, bus, settings
 from schemas import mail
 from tests.support import dispatching
 
@@ -106,7 +106,7 @@ async def test_the_sweep_removes_residue_and_never_live_mail(conn: bus.Conn) -> 
         await stores.bodies.put(name, name.encode() * 1000)
     await stores.bodies.put("marked", b"m")
     await stores.bodies.delete("marked")  # nats-py's delete leaves a marker
-    await conn.js.publish(recording.chunks_subject(stores, "cutupload"), b"chunk")
+    await conn.js.publish(bodystore.chunks_subject(conn, "cutupload"), b"chunk")
     await _queue(conn, _envelope("live", _ref("live", b"")))
     await recording.put(stores, "live", mail.AttemptRecord(attempts=1))
     await recording.put(stores, "gone", mail.AttemptRecord(attempts=1))
@@ -125,9 +125,9 @@ async def test_the_sweep_removes_residue_and_never_live_mail(conn: bus.Conn) -> 
     assert await _object_exists(stores, "dead")
     assert not await _object_exists(stores, "gone")
     assert not await _object_exists(stores, "marked")
-    info = await conn.js.stream_info(recording.bodies_stream(stores),
-                                     subjects_filter=recording.chunks_subject(stores, ">"))
-    assert recording.chunks_subject(stores, "cutupload") not in (info.state.subjects or {})
+    info = await conn.js.stream_info(bodystore.stream(conn),
+                                     subjects_filter=bodystore.chunks_subject(conn, ">"))
+    assert bodystore.chunks_subject(conn, "cutupload") not in (info.state.subjects or {})
     assert await recording.body(stores, _envelope("live", _ref("live", b""))) == b"live" * 1000
 
 
@@ -151,7 +151,7 @@ async def test_a_delivered_mails_body_leaves_no_delete_marker(
             await dispatching.eventually(lambda: dispatching.drained(conn))
 
             async def gone() -> bool:
-                info = await conn.js.stream_info(recording.bodies_stream(stores))
+                info = await conn.js.stream_info(bodystore.stream(conn))
                 return info.state.messages == 0
 
             await dispatching.eventually(gone)
