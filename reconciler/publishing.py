@@ -87,6 +87,20 @@ class Marks:
     routes: StreamMark | None = None
     pending: set[str] = field(default_factory=set)
     """Changed networks of a publish that failed, to write with the next one."""
+    encoded: tuple[object, object, dict[str, bytes]] | None = None
+    """The logins and CA bundles last encoded, and their encoding: a pod change leaves
+    them as they are, and a thousand namespaces' logins are not encoded again for it."""
+
+
+def _encoded_credentials(result: building.Build, marks: Marks) -> dict[str, bytes]:
+    if marks.encoded is not None and marks.encoded[0] == result.credentials \
+            and marks.encoded[1] == result.cas:
+        return marks.encoded[2]
+    wanted = {key: _credentials_encoder.encode(login)
+              for key, login in result.credentials.items()}
+    wanted.update((key, _credentials_encoder.encode(ca)) for key, ca in result.cas.items())
+    marks.encoded = (dict(result.credentials), dict(result.cas), wanted)
+    return wanted
 
 
 async def _mark(kv: KeyValue, timeout_s: float) -> StreamMark:
@@ -116,11 +130,15 @@ WRITE_WINDOW = 512
 sequential round trips."""
 
 
-async def _write_routes(conn: bus.Conn, routes: RouteChanges, marks: Marks
+async def _no_mark() -> StreamMark:
+    return None, 0
+
+
+async def _write_routes(conn: bus.Conn, routes: RouteChanges, marks: Marks, mark: StreamMark
                         ) -> tuple[int, int, int, bool]:
-    """Make the ROUTES bucket hold ``routes.table``: (put, deleted, bytes, resynced)."""
+    """Make the ROUTES bucket hold ``routes.table``: (put, deleted, bytes, resynced);
+    ``mark``: where the bucket stood before this publish wrote anything."""
     kv = await bus.routes_kv(conn)
-    mark = await _mark(kv, conn.deadlines.api_s)
     encode = snapshot.route_encoder.encode
     resync = routes.changed is None or marks.routes != mark
     if resync:
@@ -215,20 +233,22 @@ async def _publish(conn: bus.Conn, result: building.Build, routes: RouteChanges 
     marks = remembered or Marks()
     policy_kv = await bus.policy_kv(conn)
     credentials_kv = await bus.credentials_kv(conn)
-    wanted = {key: _credentials_encoder.encode(login)
-              for key, login in result.credentials.items()}
-    wanted.update((key, _credentials_encoder.encode(ca)) for key, ca in result.cas.items())
+    wanted = _encoded_credentials(result, marks)
+    # Where each bucket stands before anything is written, asked at once (one round trip).
+    api_s = conn.deadlines.api_s
+    credentials_mark, policy_mark, routes_mark = await asyncio.gather(
+        _mark(credentials_kv, api_s), _mark(policy_kv, api_s),
+        _mark(await bus.routes_kv(conn), api_s) if routes is not None else _no_mark())
     same_logins = marks.credentials is not None and marks.credentials[0] == wanted and (
-        marks.credentials[1] == await _mark(credentials_kv, conn.deadlines.api_s))
+        marks.credentials[1] == credentials_mark)
     stored: set[str] = set(wanted) if same_logins else await _stored_keys(credentials_kv)
     put = [] if same_logins else await _put_credentials(credentials_kv, wanted, stored)
 
     snap = result.snapshot
     current: tuple[str, int] | None = None
     if marks.snapshot is not None and marks.snapshot[0] == snap.digest:
-        mark = await _mark(policy_kv, conn.deadlines.api_s)
-        if mark == marks.snapshot[1]:
-            current = (snap.digest, mark[1])
+        if policy_mark == marks.snapshot[1]:
+            current = (snap.digest, policy_mark[1])
     if current is None:
         current = await _current(policy_kv, conn.names.snapshot_key)
     if current is not None and current[0] == snap.digest:
@@ -247,7 +267,7 @@ async def _publish(conn: bus.Conn, result: building.Build, routes: RouteChanges 
     resynced = False
     if routes is not None:
         put_routes, deleted_routes, routes_bytes, resynced = await _write_routes(
-            conn, routes, marks)
+            conn, routes, marks, routes_mark)
         if put_routes or deleted_routes:
             log.info("reconciler.routes_published", put=put_routes, deleted=deleted_routes,
                      resynced=resynced, routes=len(routes.table))

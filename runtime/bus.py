@@ -115,6 +115,10 @@ class Conn:
     """The network deadlines of `settings_mod.NatsSettings.deadlines`."""
     link: Link = field(default_factory=Link)
     """Up or down, as the connection's callbacks last said (`open_connection` wires it)."""
+    handles: dict[str, KeyValue | ObjectStore] = field(default_factory=dict, compare=False)
+    """Bucket and object-store handles by name, looked up once (`_kv`, `bodies`): a
+    lookup is a stream-info round trip, which a reconciler publishing a pod change or an
+    ingress storing a body would otherwise pay on every call."""
 
 
 async def ensure(conn: Conn, retention: names.Retention, replicas: int) -> None:
@@ -123,32 +127,44 @@ async def ensure(conn: Conn, retention: names.Retention, replicas: int) -> None:
     await provisioning.ensure(conn.js, conn.names, retention, replicas)
 
 
+async def _kv(conn: Conn, bucket: str) -> KeyValue:
+    """The bucket's handle; a bucket that is not there raises (and is looked up again)."""
+    handle = conn.handles.get(bucket)
+    if not isinstance(handle, KeyValue):
+        handle = conn.handles[bucket] = await conn.js.key_value(bucket)
+    return handle
+
+
 async def policy_kv(conn: Conn) -> KeyValue:
-    return await conn.js.key_value(conn.names.policy_bucket)
+    return await _kv(conn, conn.names.policy_bucket)
 
 
 async def routes_kv(conn: Conn) -> KeyValue:
-    return await conn.js.key_value(conn.names.routes_bucket)
+    return await _kv(conn, conn.names.routes_bucket)
 
 
 async def credentials_kv(conn: Conn) -> KeyValue:
-    return await conn.js.key_value(conn.names.credentials_bucket)
+    return await _kv(conn, conn.names.credentials_bucket)
 
 
 async def attempts_kv(conn: Conn) -> KeyValue:
-    return await conn.js.key_value(conn.names.attempts_bucket)
+    return await _kv(conn, conn.names.attempts_bucket)
 
 
 async def rates_kv(conn: Conn) -> KeyValue:
-    return await conn.js.key_value(conn.names.rates_bucket)
+    return await _kv(conn, conn.names.rates_bucket)
 
 
 async def control_kv(conn: Conn) -> KeyValue:
-    return await conn.js.key_value(conn.names.control_bucket)
+    return await _kv(conn, conn.names.control_bucket)
 
 
 async def bodies(conn: Conn) -> ObjectStore:
-    return await conn.js.object_store(conn.names.bodies_bucket)
+    bucket = conn.names.bodies_bucket
+    handle = conn.handles.get(bucket)
+    if not isinstance(handle, ObjectStore):
+        handle = conn.handles[bucket] = await conn.js.object_store(bucket)
+    return handle
 
 
 def server_urls(cfg: settings_mod.NatsSettings) -> list[str]:
