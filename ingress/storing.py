@@ -36,6 +36,11 @@ deadlines are its client's (``ingress.publish_timeout_s`` plus this), not
 ``conn.deadlines``: a client waits for the reply, and a late one gets ``451`` and retries."""
 
 
+CLEANUP_TIMEOUT_S = 1.0
+"""Budget of each step of removing a body a retry stored again (`_unless_original_queued`):
+the client waits for its ``250`` meanwhile, and what does not finish is the sweep's."""
+
+
 class PublishFailed(Exception):
     """The mail could not be persisted in time; nothing may be promised to the client."""
 
@@ -73,12 +78,13 @@ async def _unless_original_queued(conn: bus.Conn, ack: PubAck, name: str, nuid: 
     transaction wrote. A failure leaves the object to the dispatchers' sweep."""
     try:
         try:
-            async with asyncio.timeout(conn.deadlines.api_s):
+            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
                 await conn.js.get_msg(conn.names.mail_stream, ack.seq)
             return
         except nats.js.errors.NotFoundError:
             pass
-        await bodystore.purge(conn, await bus.bodies(conn), name, nuid)
+        async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+            await bodystore.purge(conn, await bus.bodies(conn), name, nuid)
         log.info("ingress.body_removed", reason="the original was already finished")
     except bus.TRANSIENT as exc:
         log.warning("ingress.body_left", error=str(exc) or type(exc).__name__)
