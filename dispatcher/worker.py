@@ -6,9 +6,11 @@ free connection slots of the upstream (`Gate`, shared by every consumer of that 
 in this process, handed out first come, first served) and no more than the rate limiter
 grants (`limiting`), up to ``batch``. A consumer whose last fetch found nothing waits for
 mail with one slot (and one token), so an idle or rate-limited policy never holds back a
-busy one on the same upstream. Nothing is fetched before the first policy snapshot: until
-then the rate limits are unknown. Each message is handled in its own task
-(`delivery.handle`), behind a bulkhead: broker trouble or a bug in one message is logged
+busy one on the same upstream; one that caught up (a fetch found less than it asked for,
+or woke from waiting) waits ``gather_s`` before the next, so a steady trickle of mail is
+fetched a few at a time instead of a pull request or two per mail. Nothing is fetched
+before the first policy snapshot: until then the rate limits are unknown. Each message is
+handled in its own task (`delivery.handle`), behind a bulkhead: broker trouble or a bug in one message is logged
 and that message naked (`settling.failed`), the worker goes on.
 
 In-flight messages are `holding.Held`, keyed by stream sequence: a message JetStream hands
@@ -149,6 +151,8 @@ class _Lane:
 
     idle: bool = False
     """The last fetch found nothing: wait for mail holding one slot, not a batch."""
+    short: bool = False
+    """The last fetch found some mail but less than it asked for: gather before the next."""
 
 
 async def _fetch(
@@ -158,6 +162,9 @@ async def _fetch(
     """At most as many messages as there are free slots and rate-limit tokens."""
     cfg = shared.trip.cfg.dispatcher
     holder = shared.trip.holder
+    if lane.short and cfg.gather_s > 0:
+        lane.short = False
+        await waiting.sleep_or_stop(quit_, cfg.gather_s)
     if holder.current is None:
         # The policy's rate limit is unknown until the first snapshot: fetch nothing yet.
         await waiting.sleep_or_stop(holder.loaded, FETCH_WAIT_S)
@@ -180,8 +187,11 @@ async def _fetch(
         return []
     msgs: list[Msg] = []
     try:
+        was_idle = lane.idle
         msgs = await sub.fetch(granted, timeout=FETCH_WAIT_S)
         lane.idle = not msgs
+        # woken by a trickle, or caught up: gather a few before the next pull request
+        lane.short = bool(msgs) and (was_idle or len(msgs) < granted)
     except TimeoutError:  # nats' fetch timeouts are asyncio.TimeoutErrors: nothing queued
         lane.idle = True
     except bus.TRANSIENT as exc:

@@ -143,6 +143,11 @@ class DispatcherSettings(_Section, frozen=True, kw_only=True):
     SMTPServer does not set one; ten suits providers like Mailtrap."""
     batch: int = 50
     """Messages fetched at once per consumer."""
+    gather_s: float = 0.01
+    """After a fetch that found fewer messages than it asked for (the consumer has caught
+    up), wait this long before the next one, so mail arriving at a steady trickle is
+    fetched a few at a time rather than one pull request (or two) per mail. Adds at most
+    this to a mail's delivery, never to its acceptance; 0 fetches again at once."""
     ack_wait_s: float = 15.0
     """A message not acked within this is redelivered (the dispatcher holding it died or
     froze). It bounds how long a killed dispatcher's mail waits, not how long a delivery
