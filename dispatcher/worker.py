@@ -10,8 +10,8 @@ busy one on the same upstream; one that caught up (a fetch found less than it as
 or woke from waiting) waits ``gather_s`` before the next, so a steady trickle of mail is
 fetched a few at a time instead of a pull request or two per mail. Nothing is fetched
 before the first policy snapshot: until then the rate limits are unknown. Each message is
-handled in its own task (`delivery.handle`), behind a bulkhead: broker trouble or a bug in one message is logged
-and that message naked (`settling.failed`), the worker goes on.
+handled in its own task (`delivery.handle`), behind a bulkhead: broker trouble or a bug
+in one message is logged and that message naked (`settling.failed`), the worker goes on.
 
 In-flight messages are `holding.Held`, keyed by stream sequence: a message JetStream hands
 back while this process still holds it (a freeze past ``ack_wait_s``, a broker restart)
