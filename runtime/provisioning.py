@@ -25,110 +25,67 @@ log = structlog.get_logger("podpost.bus")
 DAY = 86400.0
 
 
+def _stream(name: str, description: str, subject: str, *, replicas: int,
+            duplicate_window: float, work_queue: bool = False, max_age: float = 0.0,
+            max_msgs: int = -1) -> StreamConfig:
+    """A file stream on one subject filter: a work queue refuses new messages when full,
+    a limits stream drops its oldest."""
+    return StreamConfig(
+        name=name, description=description, subjects=[subject],
+        retention=RetentionPolicy.WORK_QUEUE if work_queue else RetentionPolicy.LIMITS,
+        storage=StorageType.FILE, num_replicas=replicas, max_age=max_age, max_msgs=max_msgs,
+        duplicate_window=duplicate_window,
+        discard=DiscardPolicy.NEW if work_queue else DiscardPolicy.OLD,
+    )
+
+
 def stream_configs(
     bus: names.Bus, retention: names.Retention, replicas: int
 ) -> list[StreamConfig]:
     """The streams of docs/architecture.md ("The bus"), the catcher's included, as data."""
+    window = retention.duplicate_window_s
     return [
-        StreamConfig(
-            name=bus.mail_stream,
-            description="podpost: mail waiting for delivery, one subject per upstream+policy",
-            subjects=[bus.mail_filter()],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            max_age=0.0,
-            max_msgs=-1,
-            duplicate_window=retention.duplicate_window_s,
-            discard=DiscardPolicy.NEW,
-        ),
-        StreamConfig(
-            name=bus.dead_stream,
-            description="podpost: dead letters, for dlq list/show/replay/purge",
-            subjects=[bus.dead_filter()],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            max_age=retention.dead_days * DAY,
-            max_msgs=-1,
-            duplicate_window=retention.duplicate_window_s,
-            discard=DiscardPolicy.OLD,
-        ),
-        StreamConfig(
-            name=bus.events_stream,
-            description="podpost: what happened to every mail, for trace and metrics",
-            subjects=[bus.events_filter()],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            max_age=retention.events_days * DAY,
-            max_msgs=-1,
-            duplicate_window=120.0,
-            discard=DiscardPolicy.OLD,
-        ),
-        StreamConfig(
-            name=bus.caught_stream,
-            description="podpost: mail kept by the catcher sink",
-            subjects=[bus.caught_filter()],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            max_age=retention.caught_days * DAY,
-            max_msgs=retention.caught_max_msgs,
-            duplicate_window=retention.duplicate_window_s,
-            discard=DiscardPolicy.OLD,
-        ),
+        _stream(bus.mail_stream,
+                "podpost: mail waiting for delivery, one subject per upstream+policy",
+                bus.mail_filter(), replicas=replicas, duplicate_window=window,
+                work_queue=True),
+        _stream(bus.dead_stream, "podpost: dead letters, for dlq list/show/replay/purge",
+                bus.dead_filter(), replicas=replicas, duplicate_window=window,
+                max_age=retention.dead_days * DAY),
+        _stream(bus.events_stream,
+                "podpost: what happened to every mail, for trace and metrics",
+                bus.events_filter(), replicas=replicas, duplicate_window=120.0,
+                max_age=retention.events_days * DAY),
+        _stream(bus.caught_stream, "podpost: mail kept by the catcher sink",
+                bus.caught_filter(), replicas=replicas, duplicate_window=window,
+                max_age=retention.caught_days * DAY, max_msgs=retention.caught_max_msgs),
     ]
+
+
+def _bucket(bucket: str, description: str, *, replicas: int, history: int = 1,
+            ttl: float | None = None) -> KeyValueConfig:
+    return KeyValueConfig(bucket=bucket, description=description, history=history,
+                          ttl=ttl, storage=StorageType.FILE, replicas=replicas)
 
 
 def kv_configs(bus: names.Bus, retention: names.Retention, replicas: int) -> list[KeyValueConfig]:
     return [
-        KeyValueConfig(
-            bucket=bus.policy_bucket,
-            description="podpost: the policy snapshot (revision = KV revision)",
-            history=5,
-            storage=StorageType.FILE,
-            replicas=replicas,
-        ),
-        KeyValueConfig(
-            bucket=bus.routes_bucket,
-            description="podpost: client network -> policy, one key per network; written by "
-                        "the reconciler key by key, mirrored by every ingress",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=replicas,
-        ),
-        KeyValueConfig(
-            bucket=bus.credentials_bucket,
-            description="podpost: upstream logins; written by the reconciler, read by dispatchers",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=replicas,
-        ),
-        KeyValueConfig(
-            bucket=bus.attempts_bucket,
-            description="podpost: per-mail attempt counts and settled recipients",
-            history=1,
-            ttl=retention.attempts_days * DAY,
-            storage=StorageType.FILE,
-            replicas=replicas,
-        ),
-        KeyValueConfig(
-            bucket=bus.rates_bucket,
-            description="podpost: per-policy rate-limit windows, updated by compare-and-swap",
-            history=1,
-            ttl=retention.rates_ttl_s,
-            storage=StorageType.FILE,
-            replicas=replicas,
-        ),
-        KeyValueConfig(
-            bucket=bus.control_bucket,
-            description="podpost: suspended upstreams, held mails, moves under way; "
-                        "written by podpost queue, watched by dispatchers",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=replicas,
-        ),
+        _bucket(bus.policy_bucket, "podpost: the policy snapshot (revision = KV revision)",
+                history=5, replicas=replicas),
+        _bucket(bus.routes_bucket,
+                "podpost: client network -> policy, one key per network; written by "
+                "the reconciler key by key, mirrored by every ingress", replicas=replicas),
+        _bucket(bus.credentials_bucket,
+                "podpost: upstream logins; written by the reconciler, read by dispatchers",
+                replicas=replicas),
+        _bucket(bus.attempts_bucket, "podpost: per-mail attempt counts and settled recipients",
+                ttl=retention.attempts_days * DAY, replicas=replicas),
+        _bucket(bus.rates_bucket,
+                "podpost: per-policy rate-limit windows, updated by compare-and-swap",
+                ttl=retention.rates_ttl_s, replicas=replicas),
+        _bucket(bus.control_bucket,
+                "podpost: suspended upstreams, held mails, moves under way; "
+                "written by podpost queue, watched by dispatchers", replicas=replicas),
     ]
 
 
