@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +20,9 @@ from admin import queueing
 from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from schemas import events, names, snapshot
-from tests.support import cli
+from tests.support import cli, processes
 from tests.support import dispatching as d
 
-PODPOST = str(Path(sys.executable).parent / "podpost")
 UP = "mail/up"
 OTHER = "mail/other"
 POLICY = "apps/web"
@@ -49,37 +45,12 @@ class Switch(upstream_mod.Handler):
         return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
 
 
-@contextlib.asynccontextmanager
-async def two_dispatchers(nats_url: str, logs: Path) -> AsyncIterator[list[Path]]:
-    """Two ``podpost dispatcher`` processes with JSON logs; SIGTERM (then SIGKILL) on
-    exit. Their log tails are printed, for a failing test's report."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
-    env.update({"PODPOST_NATS_URL": nats_url, "PODPOST_LOG__FORMAT": "json",
-                "PODPOST_LOG__LEVEL": "info", "PODPOST_GRACE_S": "2",
-                "PODPOST_DISPATCHER__DISCOVERY_INTERVAL_S": "0.2",
-                "PODPOST_DISPATCHER__ACK_WAIT_S": "10",
-                "PODPOST_DISPATCHER__HOLD_DELAY_S": "1"})
-    paths = [logs / f"dispatcher-{i}.log" for i in range(2)]
-    procs: list[asyncio.subprocess.Process] = []
-    try:
-        for path in paths:
-            with open(path, "wb") as log:  # noqa: ASYNC230 - a local file, opened once
-                procs.append(await asyncio.create_subprocess_exec(
-                    PODPOST, "dispatcher", env=env, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log, stderr=asyncio.subprocess.STDOUT))
-        yield paths
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 10.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        for path in paths:
-            print(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
+def two_dispatchers(nats_url: str, logs: Path
+                    ) -> contextlib.AbstractAsyncContextManager[list[Path]]:
+    """Two ``podpost dispatcher`` processes with info-level JSON logs."""
+    return processes.dispatchers(2, nats_url, logs, PODPOST_LOG__LEVEL="info",
+                                 PODPOST_DISPATCHER__ACK_WAIT_S="10",
+                                 PODPOST_DISPATCHER__HOLD_DELAY_S="1")
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:
@@ -266,7 +237,7 @@ async def test_a_move_killed_midway_then_run_again_loses_and_duplicates_nothing(
             await d.queue(conn, env)
         async with two_dispatchers(url, tmp_path), d.recording_events(conn) as seen:
             proc = await asyncio.create_subprocess_exec(
-                PODPOST, "queue", "move", "--upstream", UP, "--to-upstream", OTHER,
+                processes.PODPOST, "queue", "move", "--upstream", UP, "--to-upstream", OTHER,
                 env=cli.environment(url), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             try:

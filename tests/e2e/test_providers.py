@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from schemas import control, events, names, rates, snapshot
-from tests.support import cli
+from tests.support import cli, processes
 from tests.support import dispatching as d
 
-PODPOST = str(Path(sys.executable).parent / "podpost")
 N = 4
 """The account's daily quota."""
 DAY_MS = 2000
@@ -29,45 +24,11 @@ DAY_MS = 2000
 SCALE = DAY_MS / 86_400_000
 
 
-@contextlib.asynccontextmanager
-async def _dispatchers(count: int, nats_url: str, logs: Path, **extra: str
-                       ) -> AsyncIterator[None]:
-    """``count`` ``podpost dispatcher`` processes; SIGTERM (then SIGKILL) on exit; their
-    log tails printed (shown when the test fails)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
-    env.update({
-        "PODPOST_NATS_URL": nats_url,
-        "PODPOST_DISPATCHER__RATE_WINDOW_SCALE": repr(SCALE),
-        "PODPOST_DISPATCHER__DISCOVERY_INTERVAL_S": "0.2",
-        "PODPOST_DISPATCHER__HOLD_DELAY_S": "0.5",
-        "PODPOST_LOG__FORMAT": "json",
-        "PODPOST_GRACE_S": "2",
-        **extra,
-    })
-    procs: list[asyncio.subprocess.Process] = []
-    try:
-        for i in range(count):
-            with open(logs / f"dispatcher-{i}.log", "wb") as log:  # noqa: ASYNC230
-                procs.append(await asyncio.create_subprocess_exec(
-                    PODPOST, "dispatcher", env=env, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log, stderr=asyncio.subprocess.STDOUT))
-        yield
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 10.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        _print_logs(logs)
-
-
-def _print_logs(logs: Path) -> None:
-    for path in sorted(logs.glob("dispatcher-*.log")):
-        print(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
+def _dispatchers(count: int, nats_url: str, logs: Path, **extra: str
+                 ) -> contextlib.AbstractAsyncContextManager[list[Path]]:
+    return processes.dispatchers(
+        count, nats_url, logs, PODPOST_DISPATCHER__RATE_WINDOW_SCALE=repr(SCALE),
+        PODPOST_DISPATCHER__HOLD_DELAY_S="0.5", **extra)
 
 
 async def _quota_windows(conn: bus.Conn) -> list[rates.QuotaWindow]:

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +15,8 @@ from loadkit import upstream as upstream_mod
 from runtime import bus, settings
 from schemas import rates, snapshot
 from tests.support import dispatching as d
+from tests.support import processes
 
-PODPOST = str(Path(sys.executable).parent / "podpost")
 N = 4
 """Policy A's maximum per window."""
 A_COUNT = 2 * N + 1
@@ -46,43 +42,10 @@ class _Timed(upstream_mod.Handler):
         return reply
 
 
-@contextlib.asynccontextmanager
-async def _dispatchers(count: int, nats_url: str, logs: Path) -> AsyncIterator[None]:
-    """``count`` ``podpost dispatcher`` processes; SIGTERM (then SIGKILL) on exit. Their
-    logs are printed when the test fails."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODPOST_")}
-    env.update({
-        "PODPOST_NATS_URL": nats_url,
-        "PODPOST_DISPATCHER__RATE_WINDOW_SCALE": str(SCALE),
-        "PODPOST_DISPATCHER__DISCOVERY_INTERVAL_S": "0.2",
-        "PODPOST_LOG__FORMAT": "json",
-        "PODPOST_GRACE_S": "2",
-    })
-    procs: list[asyncio.subprocess.Process] = []
-    try:
-        for i in range(count):
-            with open(logs / f"dispatcher-{i}.log", "wb") as log:  # noqa: ASYNC230
-                procs.append(await asyncio.create_subprocess_exec(
-                    PODPOST, "dispatcher", env=env, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log, stderr=asyncio.subprocess.STDOUT))
-        yield
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 10.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        _print_logs(logs)
-
-
-def _print_logs(logs: Path) -> None:
-    """The dispatchers' log tails, shown by pytest when the test fails."""
-    for path in sorted(logs.glob("dispatcher-*.log")):
-        print(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
+def _dispatchers(count: int, nats_url: str, logs: Path
+                 ) -> contextlib.AbstractAsyncContextManager[list[Path]]:
+    return processes.dispatchers(count, nats_url, logs,
+                                 PODPOST_DISPATCHER__RATE_WINDOW_SCALE=str(SCALE))
 
 
 async def _windows(conn: bus.Conn, policy: str) -> dict[int, int]:
