@@ -12,6 +12,12 @@ Why not aiosmtplib's ``sendmail``: it raises when every recipient is refused and
 which reply belongs to which stage. The lower-level ``mail``/``rcpt``/``data`` calls let
 each refused recipient keep its own code while the accepted ones get the DATA reply.
 
+To an upstream that offers PIPELINING (RFC 2920) a transaction goes out in one write
+(MAIL, every RCPT, DATA) and its replies are read in order (`_send_pipelined`), one round
+trip instead of two plus one per recipient: to a provider 50 ms away, a connection's mail
+per second nearly doubles. The results are the same as one command at a time (every test
+of tests/integration/test_sending.py runs both ways).
+
 A session stays reusable after a refusal (it is RSET); any failure that leaves the
 protocol in doubt (a timeout, a drop) closes it. The pool (`pool`) owns the sessions.
 """
@@ -257,6 +263,9 @@ async def send(
     if isinstance(params, Outcome):
         return params
     options, encoding = params
+    if _pipelines(smtp, mail_from, rcpts, data):
+        return await _send_pipelined(conn, mail_from, rcpts, data, options, encoding,
+                                     timeout_s)
     results: dict[str, RcptResult] = {}
     accepted: list[str] = []
     try:
@@ -294,6 +303,109 @@ async def send(
     return Outcome(rcpts=[results[rcpt] for rcpt in rcpts])
 
 
+_ACCEPTED = (250, 251)
+"""RCPT replies that accept the recipient (aiosmtplib's completed and will_forward)."""
+
+
+def _pipelines(smtp: aiosmtplib.SMTP, mail_from: str, rcpts: Sequence[str], data: bytes
+               ) -> bool:
+    """Whether this transaction goes out pipelined (RFC 2920): the upstream offers
+    PIPELINING, the message needs no preparation (`ready_as_is`), aiosmtplib's protocol
+    has the state `_send_pipelined` drives, and every address can stand between angle
+    brackets as it is."""
+    protocol = smtp.protocol
+    return ("pipelining" in smtp.esmtp_extensions and ready_as_is(data)
+            and type(protocol) is aiosmtplib.protocol.SMTPProtocol
+            and all(hasattr(protocol, name) for name in _PIPELINE_STATE)
+            and protocol._command_lock is not None
+            and not any(c in address for address in (mail_from, *rcpts) for c in "<>\r\n"))
+
+
+def _path(address: str, encoding: str) -> bytes:
+    return b"<" + address.encode(encoding) + b">"
+
+
+async def _reply(protocol: aiosmtplib.protocol.SMTPProtocol, timeout_s: float
+                 ) -> aiosmtplib.SMTPResponse:
+    """The next reply of a pipelined exchange, in order: one aiosmtplib has parsed
+    already, else one still in its buffer (a server may send several replies in one
+    packet, and aiosmtplib parses one per packet), else the next to arrive."""
+    waiter = protocol._response_waiter
+    if waiter is not None and not waiter.done():
+        protocol._response_pending = True
+        buffered = protocol._read_response_from_buffer()
+        if buffered is not None:
+            return buffered
+    return await protocol.read_response(timeout=timeout_s)
+
+
+async def _send_pipelined(
+    conn: Connection, mail_from: str, rcpts: Sequence[str], data: bytes,
+    options: list[str], encoding: str, timeout_s: float,
+) -> Outcome:
+    """`send`'s transaction in one write (MAIL, every RCPT, DATA), then the replies in
+    order, then the message: one round trip to the upstream instead of two plus one per
+    recipient. The same results as `send` for every reply; a 421 closes the session."""
+    smtp = conn.smtp
+    protocol = smtp.protocol
+    assert protocol is not None and protocol._command_lock is not None
+    option_bytes = b"".join(b" " + option.encode("ascii") for option in options)
+    commands = [b"MAIL FROM:" + _path(mail_from, encoding) + option_bytes + b"\r\n"]
+    commands += [b"RCPT TO:" + _path(rcpt, encoding) + b"\r\n" for rcpt in rcpts]
+    commands.append(b"DATA\r\n")
+    results: dict[str, RcptResult] = {}
+    accepted: list[str] = []
+    conn.stage = "mail"
+    try:
+        async with protocol._command_lock:
+            async with asyncio.timeout(timeout_s):
+                protocol._response_pending = True
+                protocol.write(b"".join(commands))
+                sender = await _reply(protocol, timeout_s)
+                _unless_closing(sender)
+                conn.stage = "rcpt"
+                for rcpt in rcpts:
+                    reply = await _reply(protocol, timeout_s)
+                    _unless_closing(reply)
+                    if reply.code in _ACCEPTED and sender.code == 250:
+                        accepted.append(rcpt)
+                    else:
+                        results[rcpt] = RcptResult(rcpt=rcpt, code=reply.code,
+                                                   reply=reply.message)
+                conn.stage = "data"
+                start = await _reply(protocol, timeout_s)
+                _unless_closing(start)
+            final: aiosmtplib.SMTPResponse | None = None
+            if start.code == aiosmtplib.SMTPStatus.start_input:
+                # with nobody accepted, an empty message ends the DATA the server began
+                async with asyncio.timeout(timeout_s):
+                    protocol._response_pending = True
+                    protocol.write(data + b".\r\n" if accepted else b".\r\n")
+                    final = await _reply(protocol, timeout_s)
+                    _unless_closing(final)
+        if sender.code != 250:
+            await _reset(conn, timeout_s)
+            return Outcome(failure="protocol", code=sender.code, reply=sender.message)
+        if accepted:
+            outcome = final if final is not None else start
+            for rcpt in accepted:
+                results[rcpt] = RcptResult(rcpt=rcpt, code=outcome.code, reply=outcome.message)
+        if not accepted or final is None or final.code != aiosmtplib.SMTPStatus.completed:
+            await _reset(conn, timeout_s)
+    except _SMTP_ERRORS as exc:
+        smtp.close()  # the exchange is in doubt: never reuse it
+        return failed(exc, conn.stage)
+    conn.stage = "done"
+    conn.transactions += 1
+    return Outcome(rcpts=[results[rcpt] for rcpt in rcpts])
+
+
+def _unless_closing(reply: aiosmtplib.SMTPResponse) -> None:
+    """A 421 ends the session, as aiosmtplib's own commands treat it."""
+    if reply.code == aiosmtplib.SMTPStatus.domain_unavailable:
+        raise aiosmtplib.SMTPResponseException(reply.code, reply.message)
+
+
 def ready_as_is(data: bytes) -> bool:
     """The message needs none of aiosmtplib's DATA preparation: every line ends in CRLF (no
     lone CR or LF), none starts with a dot, and it ends with CRLF, as the ingress stores
@@ -305,6 +417,8 @@ def ready_as_is(data: bytes) -> bool:
 
 _PROTOCOL_STATE = ("_command_lock", "_response_pending")
 """aiosmtplib 5's SMTPProtocol state `_data` uses (tests/unit/test_sending_data.py)."""
+_PIPELINE_STATE = (*_PROTOCOL_STATE, "_response_waiter", "_read_response_from_buffer")
+"""... and what `_send_pipelined` uses besides."""
 
 
 async def _data(smtp: aiosmtplib.SMTP, data: bytes, timeout_s: float

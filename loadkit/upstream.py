@@ -66,6 +66,11 @@ class Handler:
     """DATA is answered only while this is set (it is, unless `close_gate` was called)."""
     waiting: int = 0
     """DATA replies held by the closed gate now."""
+    pipelining: bool = False
+    """Advertise PIPELINING (RFC 2920) in the EHLO reply (aiosmtpd reads pipelined
+    commands either way)."""
+    pipelined: list[bool] = field(default_factory=list)
+    """Per MAIL FROM: whether the client had already sent its next command with it."""
 
     def __post_init__(self) -> None:
         self.no_sessions.set()
@@ -88,6 +93,21 @@ class Handler:
         self.active = len(self.sessions)
         if not self.sessions:
             self.no_sessions.set()
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        buffered = bytes(getattr(server._reader, "_buffer", b""))  # aiosmtpd's StreamReader
+        self.pipelined.append(b"RCPT TO:" in buffered.upper())
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,

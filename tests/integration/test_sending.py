@@ -27,15 +27,31 @@ MAIL = b"From: app@example.org\r\nTo: you@example.org\r\nSubject: hi\r\n\r\nhell
 USERS = {"alice": "s3cret-alice"}
 
 
+PIPELINING = [False]
+"""Whether `running` upstreams offer PIPELINING: every test here runs both ways."""
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["one-by-one", "pipelined"])
+def _pipelining(request: pytest.FixtureRequest) -> Iterator[None]:
+    PIPELINING[0] = request.param
+    yield
+    PIPELINING[0] = False
+
+
 @contextlib.asynccontextmanager
 async def running(
-    handler: upstream_mod.Handler | None = None, **kwargs: Any
+    handler: upstream_mod.Handler | None = None, *, check_pipelining: bool = True,
+    **kwargs: Any,
 ) -> AsyncIterator[upstream_mod.Upstream]:
+    handler = handler or upstream_mod.Handler()
+    handler.pipelining = PIPELINING[0]
     up = await upstream_mod.start(handler, **kwargs)
     try:
         yield up
     finally:
         await up.close()
+    if check_pipelining:  # every transaction went out the way the upstream offered
+        assert all(handler.pipelined) if PIPELINING[0] else not any(handler.pipelined)
 
 
 def view(up: upstream_mod.Upstream, **kwargs: Any) -> snapshot.UpstreamView:
@@ -381,9 +397,11 @@ async def test_busy_greeting_is_a_connect_failure_with_its_code() -> None:
 ])
 async def test_data_reaches_the_upstream_as_aiosmtplib_would_send_it(data: bytes) -> None:
     """A message needing no preparation and ones needing it (dot lines, lone LF/CR, no
-    final CRLF) arrive as aiosmtplib's own ``data`` delivers them."""
-    async with running() as up:
+    final CRLF) arrive as aiosmtplib's own ``data`` delivers them (ours pipelined when the
+    upstream offers it and the message needs no preparation)."""
+    async with running(check_pipelining=False) as up:
         assert (await deliver(view(up), data=data)).rcpts[0].code == 250
+        assert up.handler.pipelined == [PIPELINING[0] and sending.ready_as_is(data)]
         smtp = aiosmtplib.SMTP(hostname=up.host, port=up.port, start_tls=False, timeout=5)
         async with smtp:
             await smtp.mail("app@example.org")

@@ -40,9 +40,10 @@ def test_stored_mail_takes_the_fast_path_and_dot_lines_do_not() -> None:
 
 
 async def test_aiosmtplib_still_has_the_protocol_state_the_fast_path_uses() -> None:
-    """SMTPProtocol keeps a command lock and a pending-reply flag, and the DATA steps."""
+    """SMTPProtocol keeps a command lock, a pending-reply flag, its reply waiter and its
+    buffer parser (the pipelined transaction's), and the DATA steps."""
     protocol = aiosmtplib.protocol.SMTPProtocol(loop=asyncio.get_running_loop())
-    for name in sending._PROTOCOL_STATE:
+    for name in sending._PIPELINE_STATE:
         assert hasattr(protocol, name), name
     assert callable(protocol.write) and callable(protocol.read_response)
     assert callable(aiosmtplib.protocol.SMTPProtocol.execute_data_command)
