@@ -13,10 +13,10 @@ which reply belongs to which stage. The lower-level ``mail``/``rcpt``/``data`` c
 each refused recipient keep its own code while the accepted ones get the DATA reply.
 
 To an upstream that offers PIPELINING (RFC 2920) a transaction goes out in one write
-(MAIL, every RCPT, DATA) and its replies are read in order (`_send_pipelined`), one round
-trip instead of two plus one per recipient: to a provider 50 ms away, a connection's mail
-per second nearly doubles. The results are the same as one command at a time (every test
-of tests/integration/test_sending.py runs both ways).
+(MAIL, every RCPT, DATA) and its replies are read in order (`_send_pipelined`): a mail to
+one recipient takes two round trips to the upstream instead of four, which is what bounds
+a connection's mail per second to a distant provider. The results are the same as one
+command at a time (every test of tests/integration/test_sending.py runs both ways).
 
 A session stays reusable after a refusal (it is RSET); any failure that leaves the
 protocol in doubt (a timeout, a drop) closes it. The pool (`pool`) owns the sessions.
