@@ -236,9 +236,8 @@ PACED_C = Path(__file__).with_name("paced.c")
 
 
 def build_paced(dir: Path) -> Path:
-    """Compile the paced client (`bench/paced.c`) into ``dir``: a C client, so its own
-    CPU and scheduling are not counted as the relay's latency (a Python asyncio client
-    took about 0.6 ms of CPU per mail, and its own loop's delays were in its figures)."""
+    """Compile the paced client (`bench/paced.c`) into ``dir``: a C client, so no
+    event loop of its own adds its delays to the relay's latency."""
     binary = dir / "paced"
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
