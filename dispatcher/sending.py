@@ -13,7 +13,7 @@ which reply belongs to which stage. The lower-level ``mail``/``rcpt``/``data`` c
 each refused recipient keep its own code while the accepted ones get the DATA reply.
 
 To an upstream that offers PIPELINING (RFC 2920) a transaction goes out in one write
-(MAIL, every RCPT, DATA) and its replies are read in order (`_send_pipelined`): a mail to
+(MAIL, every RCPT, DATA) and its replies are read in order (`_pipelined`): a mail to
 one recipient takes two round trips to the upstream instead of four, which is what bounds
 a connection's mail per second to a distant provider. The results are the same as one
 command at a time (every test of tests/integration/test_sending.py runs both ways).
@@ -263,61 +263,84 @@ async def send(
     if isinstance(params, Outcome):
         return params
     options, encoding = params
-    if _pipelines(smtp, mail_from, rcpts, data):
-        return await _send_pipelined(conn, mail_from, rcpts, data, options, encoding,
-                                     timeout_s)
-    results: dict[str, RcptResult] = {}
-    accepted: list[str] = []
+    exchange = _pipelined if _pipelines(smtp, mail_from, rcpts, data) else _one_by_one
     try:
-        try:
-            await _within(smtp.mail(mail_from, options=options, encoding=encoding,
-                                    timeout=timeout_s), timeout_s)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            await _reset(conn, timeout_s)
-            return Outcome(failure="protocol", code=exc.code, reply=exc.message)
-        conn.stage = "rcpt"
-        for rcpt in rcpts:
-            try:
-                await _within(smtp.rcpt(rcpt, encoding=encoding, timeout=timeout_s), timeout_s)
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                results[rcpt] = RcptResult(rcpt=rcpt, code=exc.code, reply=exc.message)
-            else:
-                accepted.append(rcpt)
-        if accepted:
-            conn.stage = "data"
-            try:
-                reply = await _within(_data(smtp, data, timeout_s), timeout_s)
-                code, message = reply.code, reply.message
-            except aiosmtplib.SMTPDataError as exc:
-                code, message = exc.code, exc.message
-                await _reset(conn, timeout_s)
-            for rcpt in accepted:
-                results[rcpt] = RcptResult(rcpt=rcpt, code=code, reply=message)
-        else:
-            await _reset(conn, timeout_s)
+        results = await exchange(conn, mail_from, rcpts, data, options, encoding, timeout_s)
     except _SMTP_ERRORS as exc:
         smtp.close()  # the exchange is in doubt: never reuse it
         return failed(exc, conn.stage)
+    if isinstance(results, Outcome):  # the sender was refused
+        return results
     conn.stage = "done"
     conn.transactions += 1
     return Outcome(rcpts=[results[rcpt] for rcpt in rcpts])
+
+
+_Results = dict[str, RcptResult] | Outcome
+"""What one exchange gives `send`: each recipient's result, or the sender's refusal."""
+
+
+async def _one_by_one(
+    conn: Connection, mail_from: str, rcpts: Sequence[str], data: bytes,
+    options: list[str], encoding: str, timeout_s: float,
+) -> _Results:
+    """MAIL, each RCPT and DATA, each awaiting its reply (aiosmtplib's commands)."""
+    smtp = conn.smtp
+    results: dict[str, RcptResult] = {}
+    accepted: list[str] = []
+    try:
+        await _within(smtp.mail(mail_from, options=options, encoding=encoding,
+                                timeout=timeout_s), timeout_s)
+    except aiosmtplib.SMTPSenderRefused as exc:
+        await _reset(conn, timeout_s)
+        return Outcome(failure="protocol", code=exc.code, reply=exc.message)
+    conn.stage = "rcpt"
+    for rcpt in rcpts:
+        try:
+            await _within(smtp.rcpt(rcpt, encoding=encoding, timeout=timeout_s), timeout_s)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            results[rcpt] = RcptResult(rcpt=rcpt, code=exc.code, reply=exc.message)
+        else:
+            accepted.append(rcpt)
+    if accepted:
+        conn.stage = "data"
+        try:
+            reply = await _within(_data(smtp, data, timeout_s), timeout_s)
+            code, message = reply.code, reply.message
+        except aiosmtplib.SMTPDataError as exc:
+            code, message = exc.code, exc.message
+            await _reset(conn, timeout_s)
+        for rcpt in accepted:
+            results[rcpt] = RcptResult(rcpt=rcpt, code=code, reply=message)
+    else:
+        await _reset(conn, timeout_s)
+    return results
 
 
 _ACCEPTED = (250, 251)
 """RCPT replies that accept the recipient (aiosmtplib's completed and will_forward)."""
 
 
+def _drivable(smtp: aiosmtplib.SMTP, data: bytes, state: tuple[str, ...]
+              ) -> aiosmtplib.protocol.SMTPProtocol | None:
+    """aiosmtplib's own protocol, when podpost may drive it directly: the message needs
+    no preparation (`ready_as_is`), the protocol has the private ``state`` the caller
+    uses (tests/unit/test_sending_data.py) and it is connected; else None."""
+    protocol = smtp.protocol
+    if (type(protocol) is not aiosmtplib.protocol.SMTPProtocol or not ready_as_is(data)
+            or not all(hasattr(protocol, name) for name in state)
+            or protocol._command_lock is None):
+        return None
+    return protocol
+
+
 def _pipelines(smtp: aiosmtplib.SMTP, mail_from: str, rcpts: Sequence[str], data: bytes
                ) -> bool:
     """Whether this transaction goes out pipelined (RFC 2920): the upstream offers
-    PIPELINING, the message needs no preparation (`ready_as_is`), aiosmtplib's protocol
-    has the state `_send_pipelined` drives, and every address can stand between angle
-    brackets as it is."""
-    protocol = smtp.protocol
-    return ("pipelining" in smtp.esmtp_extensions and ready_as_is(data)
-            and type(protocol) is aiosmtplib.protocol.SMTPProtocol
-            and all(hasattr(protocol, name) for name in _PIPELINE_STATE)
-            and protocol._command_lock is not None
+    PIPELINING, its protocol can be driven (`_drivable`) and every address can stand
+    between angle brackets as it is."""
+    return ("pipelining" in smtp.esmtp_extensions
+            and _drivable(smtp, data, _PIPELINE_STATE) is not None
             and not any(c in address for address in (mail_from, *rcpts) for c in "<>\r\n"))
 
 
@@ -339,65 +362,57 @@ async def _reply(protocol: aiosmtplib.protocol.SMTPProtocol, timeout_s: float
     return await protocol.read_response(timeout=timeout_s)
 
 
-async def _send_pipelined(
+async def _pipelined(
     conn: Connection, mail_from: str, rcpts: Sequence[str], data: bytes,
     options: list[str], encoding: str, timeout_s: float,
-) -> Outcome:
-    """`send`'s transaction in one write (MAIL, every RCPT, DATA), then the replies in
-    order, then the message: one round trip to the upstream instead of two plus one per
-    recipient. The same results as `send` for every reply; a 421 closes the session."""
-    smtp = conn.smtp
-    protocol = smtp.protocol
-    assert protocol is not None and protocol._command_lock is not None
+) -> _Results:
+    """MAIL, every RCPT and DATA in one write, then the replies in order, then the
+    message: one round trip to the upstream instead of two plus one per recipient, with
+    the same results as `_one_by_one` for every reply; a 421 ends the session."""
+    protocol = _drivable(conn.smtp, data, _PIPELINE_STATE)
+    assert protocol is not None and protocol._command_lock is not None  # `_pipelines`
     option_bytes = b"".join(b" " + option.encode("ascii") for option in options)
     commands = [b"MAIL FROM:" + _path(mail_from, encoding) + option_bytes + b"\r\n"]
     commands += [b"RCPT TO:" + _path(rcpt, encoding) + b"\r\n" for rcpt in rcpts]
     commands.append(b"DATA\r\n")
     results: dict[str, RcptResult] = {}
     accepted: list[str] = []
-    conn.stage = "mail"
-    try:
-        async with protocol._command_lock:
+    async with protocol._command_lock:
+        async with asyncio.timeout(timeout_s):
+            protocol._response_pending = True
+            protocol.write(b"".join(commands))
+            sender = await _reply(protocol, timeout_s)
+            _unless_closing(sender)
+            conn.stage = "rcpt"
+            for rcpt in rcpts:
+                reply = await _reply(protocol, timeout_s)
+                _unless_closing(reply)
+                if reply.code in _ACCEPTED and sender.code == 250:
+                    accepted.append(rcpt)
+                else:
+                    results[rcpt] = RcptResult(rcpt=rcpt, code=reply.code,
+                                               reply=reply.message)
+            conn.stage = "data"
+            start = await _reply(protocol, timeout_s)
+            _unless_closing(start)
+        final: aiosmtplib.SMTPResponse | None = None
+        if start.code == aiosmtplib.SMTPStatus.start_input:
+            # with nobody accepted, an empty message ends the DATA the server began
             async with asyncio.timeout(timeout_s):
                 protocol._response_pending = True
-                protocol.write(b"".join(commands))
-                sender = await _reply(protocol, timeout_s)
-                _unless_closing(sender)
-                conn.stage = "rcpt"
-                for rcpt in rcpts:
-                    reply = await _reply(protocol, timeout_s)
-                    _unless_closing(reply)
-                    if reply.code in _ACCEPTED and sender.code == 250:
-                        accepted.append(rcpt)
-                    else:
-                        results[rcpt] = RcptResult(rcpt=rcpt, code=reply.code,
-                                                   reply=reply.message)
-                conn.stage = "data"
-                start = await _reply(protocol, timeout_s)
-                _unless_closing(start)
-            final: aiosmtplib.SMTPResponse | None = None
-            if start.code == aiosmtplib.SMTPStatus.start_input:
-                # with nobody accepted, an empty message ends the DATA the server began
-                async with asyncio.timeout(timeout_s):
-                    protocol._response_pending = True
-                    protocol.write(data + b".\r\n" if accepted else b".\r\n")
-                    final = await _reply(protocol, timeout_s)
-                    _unless_closing(final)
-        if sender.code != 250:
-            await _reset(conn, timeout_s)
-            return Outcome(failure="protocol", code=sender.code, reply=sender.message)
-        if accepted:
-            outcome = final if final is not None else start
-            for rcpt in accepted:
-                results[rcpt] = RcptResult(rcpt=rcpt, code=outcome.code, reply=outcome.message)
-        if not accepted or final is None or final.code != aiosmtplib.SMTPStatus.completed:
-            await _reset(conn, timeout_s)
-    except _SMTP_ERRORS as exc:
-        smtp.close()  # the exchange is in doubt: never reuse it
-        return failed(exc, conn.stage)
-    conn.stage = "done"
-    conn.transactions += 1
-    return Outcome(rcpts=[results[rcpt] for rcpt in rcpts])
+                protocol.write(data + b".\r\n" if accepted else b".\r\n")
+                final = await _reply(protocol, timeout_s)
+                _unless_closing(final)
+    if sender.code != 250:
+        await _reset(conn, timeout_s)
+        return Outcome(failure="protocol", code=sender.code, reply=sender.message)
+    if accepted:
+        outcome = final if final is not None else start
+        for rcpt in accepted:
+            results[rcpt] = RcptResult(rcpt=rcpt, code=outcome.code, reply=outcome.message)
+    if not accepted or final is None or final.code != aiosmtplib.SMTPStatus.completed:
+        await _reset(conn, timeout_s)
+    return results
 
 
 def _unless_closing(reply: aiosmtplib.SMTPResponse) -> None:
@@ -418,7 +433,7 @@ def ready_as_is(data: bytes) -> bool:
 _PROTOCOL_STATE = ("_command_lock", "_response_pending")
 """aiosmtplib 5's SMTPProtocol state `_data` uses (tests/unit/test_sending_data.py)."""
 _PIPELINE_STATE = (*_PROTOCOL_STATE, "_response_waiter", "_read_response_from_buffer")
-"""... and what `_send_pipelined` uses besides."""
+"""... and what `_pipelined` uses besides."""
 
 
 async def _data(smtp: aiosmtplib.SMTP, data: bytes, timeout_s: float
@@ -426,10 +441,8 @@ async def _data(smtp: aiosmtplib.SMTP, data: bytes, timeout_s: float
     """aiosmtplib's DATA, without its preparation when the message needs none
     (`ready_as_is`): two regular expressions over every message are a fifth of the
     dispatcher's CPU at 10 KiB. Otherwise, and on any other aiosmtplib, its own ``data``."""
-    protocol = smtp.protocol
-    if (type(protocol) is not aiosmtplib.protocol.SMTPProtocol or not ready_as_is(data)
-            or not all(hasattr(protocol, name) for name in _PROTOCOL_STATE)
-            or protocol._command_lock is None):
+    protocol = _drivable(smtp, data, _PROTOCOL_STATE)
+    if protocol is None or protocol._command_lock is None:
         return await smtp.data(data, timeout=timeout_s)
     try:
         async with protocol._command_lock:  # as SMTPProtocol.execute_data_command does
