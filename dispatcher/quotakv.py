@@ -19,18 +19,16 @@ lost, and a window never counts more than its maximum.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
-import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
-from dispatcher.ratekv import CAS_JITTER_S, CAS_TRIES, now_ms
+from dispatcher import ratekv
+from dispatcher.ratekv import now_ms
 from dispatcher.rules import quotas
 from runtime import bus
 from runtime import settings as settings_mod
@@ -57,11 +55,7 @@ class Taken:
 NOTHING = Taken()
 
 
-class _Contended(Exception):
-    """Every compare-and-swap try lost its race."""
-
-
-_NOT_COUNTED: tuple[type[Exception], ...] = (*bus.TRANSIENT, _Contended)
+_NOT_COUNTED: tuple[type[Exception], ...] = (*bus.TRANSIENT, ratekv.Contended)
 
 
 def _taking(amount: int, maximum: int) -> Callable[[int], int]:
@@ -159,32 +153,18 @@ class QuotaCounter:
                     step: Callable[[int], int]) -> bool:
         """Apply ``step`` (used -> new used) by compare-and-swap; False when ``step``
         changed nothing. A value that does not decode counts as full."""
-        for attempt in range(CAS_TRIES):
-            revision: int | None = None
+        def change(stored: bytes | None) -> bytes | None:
             used = 0
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    entry = await self._kv.get(key)
-                revision = entry.revision
-                used = rates.quota_decoder.decode(entry.value or b"").used
-            except nats.js.errors.KeyNotFoundError:
-                pass
-            except msgspec.DecodeError:
-                log.error("dispatcher.quota_window_invalid", window=key)
-                used = window.maximum
+            if stored is not None:
+                try:
+                    used = rates.quota_decoder.decode(stored).used
+                except msgspec.DecodeError:
+                    log.error("dispatcher.quota_window_invalid", window=key)
+                    used = window.maximum
             new = step(used)
             if new == used:
-                return False
-            value = rates.quota_encoder.encode(msgspec.structs.replace(window, used=new))
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    if revision is None:
-                        await self._kv.create(key, value)
-                    else:
-                        await self._kv.update(key, value, last=revision)
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-                await asyncio.sleep(random.uniform(0, CAS_JITTER_S * (attempt + 1)))
-                continue
-            return True
-        raise _Contended(f"{CAS_TRIES} compare-and-swap tries lost on {key}")
+                return None
+            return rates.quota_encoder.encode(msgspec.structs.replace(window, used=new))
+
+        return await ratekv.compare_and_swap(self._kv, key, change, timeout_s=self._timeout_s)
 

@@ -62,12 +62,44 @@ def now_ms() -> int:
 _DEFAULT_DEADLINES = settings_mod.DeadlineSettings()
 
 
-class _Contended(Exception):
+class Contended(Exception):
     """Every compare-and-swap try of one change lost its race."""
 
 
-_NOT_COUNTED: tuple[type[Exception], ...] = (*bus.TRANSIENT, _Contended)
+_NOT_COUNTED: tuple[type[Exception], ...] = (*bus.TRANSIENT, Contended)
 """Why a grant or a correction is dropped this round: broker trouble or lost races."""
+
+
+async def compare_and_swap(kv: KeyValue, key: str,
+                           change: Callable[[bytes | None], bytes | None], *,
+                           timeout_s: float) -> bool:
+    """Write ``change(stored value)`` (None: the key is not there) at the revision read,
+    or create the key; retried on a lost race with a jittered pause, `CAS_TRIES` times,
+    then `Contended`. False, and nothing written, when ``change`` returns None. Shared
+    by the rate windows and the quota windows (`quotakv`)."""
+    for attempt in range(CAS_TRIES):
+        revision: int | None = None
+        stored: bytes | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                entry = await kv.get(key)
+            revision, stored = entry.revision, entry.value or b""
+        except nats.js.errors.KeyNotFoundError:
+            pass
+        value = change(stored)
+        if value is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                if revision is None:
+                    await kv.create(key, value)
+                else:
+                    await kv.update(key, value, last=revision)
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            await asyncio.sleep(random.uniform(0, CAS_JITTER_S * (attempt + 1)))
+            continue
+        return True
+    raise Contended(f"{CAS_TRIES} compare-and-swap tries lost on {key}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,33 +199,25 @@ class KvLimiter:
         """Apply ``step`` ((used, sent) -> new (used, sent)) to the window's key by
         compare-and-swap; (used before, used after). A key that does not decode counts as
         full."""
-        for attempt in range(CAS_TRIES):
-            revision: int | None = None
+        swapped = (0, 0)
+
+        def change(stored: bytes | None) -> bytes | None:
+            nonlocal swapped
             used = sent = 0
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    entry = await self._kv.get(key)
-                revision = entry.revision
-                stored = rates.window_decoder.decode(entry.value or b"")
-                used, sent = stored.used, stored.sent
-            except nats.js.errors.KeyNotFoundError:
-                pass
-            except msgspec.DecodeError:
-                log.error("dispatcher.rate_window_invalid", window=key)
-                used = window.maximum
+            if stored is not None:
+                try:
+                    window_then = rates.window_decoder.decode(stored)
+                    used, sent = window_then.used, window_then.sent
+                except msgspec.DecodeError:
+                    log.error("dispatcher.rate_window_invalid", window=key)
+                    used = window.maximum
             new, new_sent = step(used, sent)
             if (new, new_sent) == (used, sent):
-                return used, used
-            value = rates.window_encoder.encode(
+                swapped = (used, used)
+                return None
+            swapped = (used, new)
+            return rates.window_encoder.encode(
                 msgspec.structs.replace(window, used=new, sent=new_sent))
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    if revision is None:
-                        await self._kv.create(key, value)
-                    else:
-                        await self._kv.update(key, value, last=revision)
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-                await asyncio.sleep(random.uniform(0, CAS_JITTER_S * (attempt + 1)))
-                continue
-            return used, new
-        raise _Contended(f"{CAS_TRIES} compare-and-swap tries lost on {key}")
+
+        await compare_and_swap(self._kv, key, change, timeout_s=self._timeout_s)
+        return swapped
