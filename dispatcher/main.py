@@ -31,7 +31,7 @@ from dispatcher import (
     worker,
 )
 from dispatcher.rules import limiting
-from runtime import bus, health, policies
+from runtime import bus, health, heap, policies
 from runtime import settings as settings_mod
 
 log = structlog.get_logger("dispatcher.main")
@@ -64,6 +64,7 @@ async def serve(
                     await bus.rates_kv(conn), scale=cfg.dispatcher.rate_window_scale,
                     deadlines=conn.deadlines),
             )
+            heap.settle(freeze=cfg.dispatcher.gc_freeze)
             log.info("dispatcher.started", upstreams=cfg.dispatcher.upstreams or "all")
             ready = health.readiness.registered(
                 "dispatcher", health.connected(conn.nc), health.loaded(holder), steering.probe)

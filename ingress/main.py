@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import socket
 from collections.abc import Callable
 
@@ -19,7 +18,7 @@ from ingress import listening as listening_mod
 from ingress import protocol, tlsconfig
 from ingress import sessions as sessions_mod
 from ingress.rules import replies, routing
-from runtime import bus, health, policies
+from runtime import bus, health, heap, policies
 from runtime import settings as settings_mod
 
 log = structlog.get_logger("ingress.main")
@@ -47,10 +46,7 @@ def _log_bound(servers: list[asyncio.Server], hostname: str, tls: str) -> None:
 def _settle_heap(icfg: settings_mod.IngressSettings) -> None:
     """Collect once, then freeze what survived (``ingress.gc_freeze``): the ingress's
     full collections then walk only what its sessions made, not the whole program."""
-    gc.set_threshold(icfg.gc_threshold0, *gc.get_threshold()[1:])
-    if icfg.gc_freeze:
-        gc.collect()
-        gc.freeze()
+    heap.settle(freeze=icfg.gc_freeze, threshold0=icfg.gc_threshold0)
 
 
 async def listen(

@@ -148,6 +148,10 @@ class DispatcherSettings(_Section, frozen=True, kw_only=True):
     up), wait this long before the next one, so mail arriving at a steady trickle is
     fetched a few at a time rather than one pull request (or two) per mail. Adds at most
     this to a mail's delivery, never to its acceptance; 0 fetches again at once."""
+    gc_freeze: bool = True
+    """Once started, move every object alive then out of the garbage collector's sight
+    (``gc.freeze``, as ``ingress.gc_freeze``): its full collections then walk only what
+    the deliveries made. Off only to measure the difference."""
     ack_wait_s: float = 15.0
     """A message not acked within this is redelivered (the dispatcher holding it died or
     froze). It bounds how long a killed dispatcher's mail waits, not how long a delivery
