@@ -2,8 +2,9 @@
  * fixed rate, one command at a time (as Django's smtplib or Postfix's smtp-source: no
  * pipelining), in C so that no event loop of the client's own adds its delays to the
  * relay's figures (its CPU per mail is still about 0.55 ms here: the kernel's work for a
- * new connection). Prints the accept latency of each mail (connect to the 250 after DATA)
- * in milliseconds, one per line.
+ * new connection). Prints a line per mail, in milliseconds: its accept latency (connect to
+ * the 250 after DATA), then where it went, step by step: connect to the banner, and the
+ * replies to EHLO, MAIL, RCPT, DATA and the message (each from the command sent).
  *
  *     cc -O2 -o paced bench/paced.c && ./paced PORT RATE SECONDS SIZE
  *
@@ -30,7 +31,8 @@ enum { BANNER, EHLO, MAIL, RCPT, DATA, BODY, QUIT, DONE };
 
 struct conn {
     int fd, state, index;
-    double began;
+    double began, at;
+    double steps[BODY + 1]; /* per reply: since the previous one */
     char in[8192];
     size_t used;
 };
@@ -112,6 +114,11 @@ static void finish(struct conn *c, int epfd) {
 
 /* Advance one connection on a reply; returns -1 when it failed. */
 static int step(struct conn *c, int code) {
+    double t = now();
+    if (c->state <= BODY) {
+        c->steps[c->state] = (t - c->at) * 1000.0;
+        c->at = t;
+    }
     switch (c->state) {
     case BANNER:
         if (code != 220) return -1;
@@ -135,10 +142,10 @@ static int step(struct conn *c, int code) {
         return send_all(c->fd, outgoing, message(c->index));
     case BODY:
         if (code != 250) return -1;
-        if (offsets)
-            printf("%.3f %.3f\n", (now() - c->began) * 1000.0, c->began - started);
-        else
-            printf("%.3f\n", (now() - c->began) * 1000.0);
+        printf("%.3f", (t - c->began) * 1000.0);
+        for (int k = BANNER; k <= BODY; k++) printf(" %.3f", c->steps[k]);
+        if (offsets) printf(" %.3f", c->began - started); /* analysis: when it began */
+        printf("\n");
         c->state = QUIT;
         return send_all(c->fd, "QUIT\r\n", 6);
     default:
@@ -166,7 +173,7 @@ int main(int argc, char **argv) {
     int epfd = epoll_create1(0);
     struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
-    offsets = getenv("PACED_OFFSETS") != NULL; /* analysis: "latency start" per line */
+    offsets = getenv("PACED_OFFSETS") != NULL; /* analysis: the start, last per line */
     started = now();
     double start = started, deadline = start + seconds + 15.0;
     int next = 0, open = 0, oldest = 0;
@@ -176,7 +183,7 @@ int main(int argc, char **argv) {
         while (next < count && start + next / rate <= t) {
             struct conn *c = &conns[next];
             c->index = next++;
-            c->began = now();
+            c->began = c->at = now();
             c->fd = socket(AF_INET, SOCK_STREAM, 0);
             int one = 1;
             setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

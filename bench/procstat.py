@@ -121,6 +121,46 @@ class Watch:
         return Run(messages, seconds, cpu, dict(self.rss), dict(self.procs), accepted_s)
 
 
+class Busy:
+    """How busy the machine's CPUs were since this was made (all of them, from
+    ``/proc/stat``: the client and the sink count too)."""
+
+    def __init__(self) -> None:
+        self._before = self._ticks()
+
+    @staticmethod
+    def _ticks() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        idle = values[3] + values[4]  # idle, iowait
+        return sum(values) - idle, sum(values)
+
+    def since(self) -> float:
+        busy, total = self._ticks()
+        return (busy - self._before[0]) / max(1, total - self._before[1])
+
+
+STEPS = ("banner", "EHLO", "MAIL", "RCPT", "DATA", "message")
+"""The paced client's steps, each from its command (or the connect) to the reply."""
+
+
+@dataclass
+class Paced:
+    """One paced-client run: its rate, a row per mail (accept latency, then `STEPS`), the
+    relay's CPU over it and how busy the machine was."""
+
+    rate: float
+    rows: list[list[float]]
+    run: Run
+    busy: float
+
+    def quantile(self, column: int, q: float) -> float:
+        ordered = sorted(row[column] for row in self.rows)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
 Cell = tuple[str, int, int, str]
 """(mode, size, sessions, relay)."""
 
@@ -129,8 +169,7 @@ def _cells(results: dict[Cell, list[Run]]) -> list[tuple[str, int, int]]:
     return list(dict.fromkeys((mode, size, sessions) for mode, size, sessions, _ in results))
 
 
-def report(results: dict[Cell, list[Run]],
-           latency: dict[tuple[int, str], tuple[float, list[float]]]) -> None:
+def report(results: dict[Cell, list[Run]], latency: dict[tuple[int, str], Paced]) -> None:
     """Print the tables (markdown) of a whole benchmark."""
     mode_name = {"new": "new connection per mail", "keep": "one connection per session (-d)"}
     print("\n| mode | size | sessions | Postfix msgs/s | podpost msgs/s | podpost / Postfix |")
@@ -175,12 +214,24 @@ def report(results: dict[Cell, list[Run]],
             + " |")
     if latency:
         print("\nAccept latency of a paced client (new connection per mail, connect to 250) "
-              "at half the maximum rate:\n")
-        print("| size | relay | rate msgs/s | mails | p50 ms | p99 ms |")
-        print("|---|---|---|---|---|---|")
-        for (size, name), (rate, values) in latency.items():
-            ordered = sorted(values)
-            p50 = statistics.median(ordered) if ordered else float("nan")
-            p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
-            print(f"| {size // 1024} KiB | {name} | {rate:.0f} | {len(values)} | {p50:.1f} | "
-                  f"{p99:.1f} |")
+              "at half the maximum rate, how busy the machine's CPUs were meanwhile, and "
+              "the relay's CPU per mail then:\n")
+        print("| size | relay | rate msgs/s | mails | p50 ms | p99 ms | CPUs busy | relay CPU "
+              "ms per mail |")
+        print("|---|---|---|---|---|---|---|---|")
+        for (size, name), paced in latency.items():
+            count = max(1, len(paced.rows))
+            per = {g: v * 1000 / count for g, v in paced.run.cpu.items()}
+            shown = ", ".join(f"{g} {v:.2f}" for g, v in
+                              sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+            print(f"| {size // 1024} KiB | {name} | {paced.rate:.0f} | {len(paced.rows)} | "
+                  f"{paced.quantile(0, 0.5):.1f} | {paced.quantile(0, 0.99):.1f} | "
+                  f"{100 * paced.busy:.0f}% | {sum(per.values()):.2f}: {shown} |")
+        print("\nWhere the paced client's time went, per step (ms from the command to its "
+              "reply), p50 / p99:\n")
+        print("| size | relay | " + " | ".join(STEPS) + " |")
+        print("|---|---|" + "---|" * len(STEPS))
+        for (size, name), paced in latency.items():
+            cells = " | ".join(f"{paced.quantile(k, 0.5):.1f} / {paced.quantile(k, 0.99):.1f}"
+                               for k in range(1, len(STEPS) + 1))
+            print(f"| {size // 1024} KiB | {name} | {cells} |")

@@ -247,9 +247,9 @@ def build_paced(dir: Path) -> Path:
 
 
 async def paced(binary: Path, port: int, rate: float, duration_s: float, size: int
-                ) -> list[float]:
-    """Accept latencies (ms) of a client opening a new connection per mail at ``rate``,
-    one command at a time (`bench/paced.c`)."""
+                ) -> list[list[float]]:
+    """Per mail of a client opening a new connection per mail at ``rate``, one command at
+    a time (`bench/paced.c`): its accept latency and the six steps it took (ms)."""
     proc = await asyncio.create_subprocess_exec(
         str(binary), str(port), str(rate), str(duration_s), str(size),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -258,7 +258,7 @@ async def paced(binary: Path, port: int, rate: float, duration_s: float, size: i
         raise SystemExit(f"vs_postfix: the paced client failed: {err.decode().strip()}")
     if err:
         print(f"  paced client: {err.decode().strip()}", flush=True)
-    return [float(value) for value in out.split()]
+    return [[float(value) for value in line.split()] for line in out.splitlines()]
 
 
 async def ready(podpost: Podpost, sink: Sink, timeout_s: float = 60.0) -> None:
@@ -318,7 +318,7 @@ async def main(args: argparse.Namespace) -> None:
                             print(f"  {mode:4} {size // 1024:3} KiB {sessions:3} sessions "
                                   f"{name:8} {run.rate:7.1f} msgs/s end to end, accepted "
                                   f"in {run.accepted_s:.2f} s", flush=True)
-        latency: dict[tuple[int, str], tuple[float, list[float]]] = {}
+        latency: dict[tuple[int, str], procstat.Paced] = {}
         if args.latency_s > 0:
             for size in args.sizes:
                 for name, target in targets.items():
@@ -329,11 +329,14 @@ async def main(args: argparse.Namespace) -> None:
                              if s == size and n == name]
                     best = (2 * args.latency_rate if args.latency_rate is not None
                             else max(statistics.mean(r.rate for r in runs) for runs in cells))
+                    await asyncio.sleep(1.0)
                     base = sink.count
-                    values = await paced(client, target.port, best / 2, args.latency_s,
-                                         size)
-                    await sink.reach(base + len(values), args.timeout)
-                    latency[(size, name)] = (best / 2, values)
+                    watch = procstat.Watch(target.pids)
+                    busy = procstat.Busy()
+                    rows = await paced(client, target.port, best / 2, args.latency_s, size)
+                    await sink.reach(base + len(rows), args.timeout)
+                    run = watch.finish(len(rows), 0.0, 0.0)
+                    latency[(size, name)] = procstat.Paced(best / 2, rows, run, busy.since())
         procstat.report(results, latency)
     finally:
         await podpost.stop()
