@@ -112,45 +112,36 @@ static void finish(struct conn *c, int epfd) {
     c->state = DONE;
 }
 
+/* The dialogue, one entry per state: the reply it waits for, and the command that follows
+ * it (after DATA's 354 the message, after the message's 250 QUIT). */
+static const struct {
+    int code;
+    const char *command;
+} dialogue[] = {
+    [BANNER] = {220, "EHLO paced.bench\r\n"},
+    [EHLO] = {250, "MAIL FROM:<bench@example.com>\r\n"},
+    [MAIL] = {250, "RCPT TO:<sink@example.com>\r\n"},
+    [RCPT] = {250, "DATA\r\n"},
+    [DATA] = {354, NULL},
+    [BODY] = {250, "QUIT\r\n"},
+};
+
 /* Advance one connection on a reply; returns -1 when it failed. */
 static int step(struct conn *c, int code) {
+    if (c->state > BODY || code != dialogue[c->state].code) return -1;
     double t = now();
-    if (c->state <= BODY) {
-        c->steps[c->state] = (t - c->at) * 1000.0;
-        c->at = t;
-    }
-    switch (c->state) {
-    case BANNER:
-        if (code != 220) return -1;
-        c->state = EHLO;
-        return send_all(c->fd, "EHLO paced.bench\r\n", 18);
-    case EHLO:
-        if (code != 250) return -1;
-        c->state = MAIL;
-        return send_all(c->fd, "MAIL FROM:<bench@example.com>\r\n", 31);
-    case MAIL:
-        if (code != 250) return -1;
-        c->state = RCPT;
-        return send_all(c->fd, "RCPT TO:<sink@example.com>\r\n", 28);
-    case RCPT:
-        if (code != 250) return -1;
-        c->state = DATA;
-        return send_all(c->fd, "DATA\r\n", 6);
-    case DATA:
-        if (code != 354) return -1;
-        c->state = BODY;
-        return send_all(c->fd, outgoing, message(c->index));
-    case BODY:
-        if (code != 250) return -1;
+    c->steps[c->state] = (t - c->at) * 1000.0;
+    c->at = t;
+    int state = c->state++;
+    if (state == DATA) return send_all(c->fd, outgoing, message(c->index));
+    if (state == BODY) {
         printf("%.3f", (t - c->began) * 1000.0);
         for (int k = BANNER; k <= BODY; k++) printf(" %.3f", c->steps[k]);
         if (offsets) printf(" %.3f", c->began - started); /* analysis: when it began */
         printf("\n");
-        c->state = QUIT;
-        return send_all(c->fd, "QUIT\r\n", 6);
-    default:
-        return -1;
     }
+    const char *command = dialogue[state].command;
+    return send_all(c->fd, command, strlen(command));
 }
 
 int main(int argc, char **argv) {

@@ -147,11 +147,11 @@ STEPS = ("banner", "EHLO", "MAIL", "RCPT", "DATA", "message")
 @dataclass
 class Paced:
     """One paced-client run: its rate, a row per mail (accept latency, then `STEPS`), the
-    relay's CPU over it and how busy the machine was."""
+    relay's CPU seconds over it per process group and how busy the machine was."""
 
     rate: float
     rows: list[list[float]]
-    run: Run
+    cpu: dict[str, float]
     busy: float
 
     def quantile(self, column: int, q: float) -> float:
@@ -167,6 +167,12 @@ Cell = tuple[str, int, int, str]
 
 def _cells(results: dict[Cell, list[Run]]) -> list[tuple[str, int, int]]:
     return list(dict.fromkeys((mode, size, sessions) for mode, size, sessions, _ in results))
+
+
+def _per_process(per: dict[str, float]) -> str:
+    """CPU seconds per 1,000 mails of each process group, the largest first."""
+    return ", ".join(f"{g} {v:.2f}" for g, v in
+                     sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01)
 
 
 def report(results: dict[Cell, list[Run]], latency: dict[tuple[int, str], Paced]) -> None:
@@ -193,10 +199,8 @@ def report(results: dict[Cell, list[Run]], latency: dict[tuple[int, str], Paced]
             groups = sorted({g for r in runs_ for g in r.cpu})
             per = {g: statistics.mean(r.cpu.get(g, 0.0) * 1000 / r.messages for r in runs_)
                    for g in groups}
-            shown = ", ".join(f"{g} {v:.2f}" for g, v in
-                              sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01)
             print(f"| {mode} | {size // 1024} KiB | {sessions} | {name} | "
-                  f"{sum(per.values()):.2f} | {shown} |")
+                  f"{sum(per.values()):.2f} | {_per_process(per)} |")
     print("\nPeak RSS MiB per program (summed over its processes; count in brackets):\n")
     print("| relay | per program |")
     print("|---|---|")
@@ -221,12 +225,10 @@ def report(results: dict[Cell, list[Run]], latency: dict[tuple[int, str], Paced]
         print("|---|---|---|---|---|---|---|---|")
         for (size, name), paced in latency.items():
             count = max(1, len(paced.rows))
-            per = {g: v * 1000 / count for g, v in paced.run.cpu.items()}
-            shown = ", ".join(f"{g} {v:.2f}" for g, v in
-                              sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+            per = {g: v * 1000 / count for g, v in paced.cpu.items()}
             print(f"| {size // 1024} KiB | {name} | {paced.rate:.0f} | {len(paced.rows)} | "
                   f"{paced.quantile(0, 0.5):.1f} | {paced.quantile(0, 0.99):.1f} | "
-                  f"{100 * paced.busy:.0f}% | {sum(per.values()):.2f}: {shown} |")
+                  f"{100 * paced.busy:.0f}% | {sum(per.values()):.2f}: {_per_process(per)} |")
         print("\nWhere the paced client's time went, per step (ms from the command to its "
               "reply), p50 / p99:\n")
         print("| size | relay | " + " | ".join(STEPS) + " |")

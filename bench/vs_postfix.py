@@ -335,8 +335,8 @@ async def main(args: argparse.Namespace) -> None:
                     busy = procstat.Busy()
                     rows = await paced(client, target.port, best / 2, args.latency_s, size)
                     await sink.reach(base + len(rows), args.timeout)
-                    run = watch.finish(len(rows), 0.0, 0.0)
-                    latency[(size, name)] = procstat.Paced(best / 2, rows, run, busy.since())
+                    cpu = watch.finish(len(rows), 0.0, 0.0).cpu
+                    latency[(size, name)] = procstat.Paced(best / 2, rows, cpu, busy.since())
         procstat.report(results, latency)
     finally:
         await podpost.stop()
